@@ -1,0 +1,184 @@
+"""Configuration: YAML recipes under ``configs/``, ``-c FILE`` and repeated ``-o key.sub=value``.
+
+``configs/defaults.yaml`` lists every key with its default. A recipe may set only keys that exist
+there; an unknown key is an error that names the closest valid key. The resolved configuration is
+saved next to every output (:func:`save_config`).
+
+Example::
+
+    cfg = load_config("configs/recognition/slowfast/slowfast.yaml", ["train.epochs=10", "data.backend=pyav"])
+    cfg.train.epochs  # 10
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import difflib
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Iterable, Mapping
+
+import yaml
+
+CONFIG_DIR = Path(__file__).resolve().parent
+DEFAULTS_FILE = CONFIG_DIR / "defaults.yaml"
+# Keys whose value is a free mapping (its sub-keys are checked by the code that consumes it).
+FREE_KEYS = {"model.args"}
+
+
+class ConfigError(ValueError):
+    """A configuration file or override that cannot be used; the message says why and how to fix it."""
+
+
+class Config(dict):
+    """A dict with attribute access (``cfg.train.epochs``); nested mappings are Configs too."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        for key, value in self.items():
+            if isinstance(value, Mapping) and not isinstance(value, Config):
+                super().__setitem__(key, Config(value))
+
+    def __getattr__(self, name: str) -> Any:
+        try:
+            return self[name]
+        except KeyError:
+            raise AttributeError(f"config has no key {name!r}; keys: {sorted(self)}") from None
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        self[name] = Config(value) if isinstance(value, Mapping) and not isinstance(value, Config) else value
+
+    def __deepcopy__(self, memo: dict) -> "Config":
+        return Config(copy.deepcopy(dict(self), memo))
+
+    def to_dict(self) -> dict:
+        return {k: v.to_dict() if isinstance(v, Config) else copy.deepcopy(v) for k, v in self.items()}
+
+
+def _flat_keys(tree: Mapping, prefix: str = "") -> list[str]:
+    keys = []
+    for key, value in tree.items():
+        dotted = f"{prefix}{key}"
+        keys.append(dotted)
+        if isinstance(value, Mapping) and dotted not in FREE_KEYS:
+            keys.extend(_flat_keys(value, dotted + "."))
+    return keys
+
+
+def _unknown_key_error(dotted: str, valid: Iterable[str], source: str) -> ConfigError:
+    valid = list(valid)
+    close = difflib.get_close_matches(dotted, valid, n=1, cutoff=0.5)
+    if not close:  # compare the last component only: `train.lr` -> `train.base_lr`
+        leaf = dotted.rsplit(".", 1)[-1]
+        by_leaf = {k.rsplit(".", 1)[-1]: k for k in valid}
+        leaf_close = difflib.get_close_matches(leaf, list(by_leaf), n=1, cutoff=0.5)
+        close = [by_leaf[leaf_close[0]]] if leaf_close else []
+    hint = f"; did you mean {close[0]!r}?" if close else ""
+    return ConfigError(f"unknown config key {dotted!r} in {source}{hint} (all keys are listed in {DEFAULTS_FILE})")
+
+
+def _merge(base: dict, update: Mapping, source: str, prefix: str = "") -> None:
+    valid = _flat_keys(base)
+    for key, value in update.items():
+        dotted = f"{prefix}{key}"
+        if key not in base:
+            raise _unknown_key_error(dotted, [prefix + k for k in valid], source)
+        if dotted in FREE_KEYS:
+            if value is not None and not isinstance(value, Mapping):
+                raise ConfigError(f"{dotted} in {source} must be a mapping, got {value!r}")
+            base[key] = dict(base[key] or {}, **(value or {}))
+        elif isinstance(base[key], Mapping):
+            if not isinstance(value, Mapping):
+                raise ConfigError(f"{dotted} in {source} is a section; give sub-keys, got {value!r}")
+            _merge(base[key], value, source, dotted + ".")
+        else:
+            base[key] = value
+
+
+def _read_yaml(path: Path) -> dict:
+    if not path.is_file():
+        raise ConfigError(f"config file {str(path)!r} does not exist; recipes live under {CONFIG_DIR}")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        raise ConfigError(f"config file {str(path)!r} is not valid YAML: {err}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {str(path)!r} must hold a mapping at the top, got {type(data).__name__}")
+    return data
+
+
+def _parse_override(text: str) -> tuple[str, Any]:
+    if "=" not in text:
+        raise ConfigError(f"override {text!r} must look like key.sub=value, e.g. train.epochs=10")
+    key, raw = text.split("=", 1)
+    key = key.strip()
+    if not key:
+        raise ConfigError(f"override {text!r} has no key; use key.sub=value")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else None
+    except yaml.YAMLError:
+        value = raw
+    return key, value
+
+
+def _nest(dotted: str, value: Any) -> dict:
+    tree: Any = value
+    for part in reversed(dotted.split(".")):
+        tree = {part: tree}
+    return tree
+
+
+def default_config() -> Config:
+    return Config(_read_yaml(DEFAULTS_FILE))
+
+
+def load_config(path: str | os.PathLike | None = None, overrides: Iterable[str] = ()) -> Config:
+    """Defaults, then the recipe at ``path`` (its ``_base_`` chain first), then ``key=value`` overrides."""
+    cfg = default_config().to_dict()
+    if path is not None:
+        for layer_path, layer in _recipe_chain(Path(path)):
+            _merge(cfg, layer, str(layer_path))
+    for text in overrides:
+        key, value = _parse_override(text)
+        _merge(cfg, _nest(key, value), f"override {text!r}")
+    return Config(cfg)
+
+
+def _recipe_chain(path: Path, seen: tuple = ()) -> list[tuple[Path, dict]]:
+    """A recipe may name a parent with ``_base_: other.yaml`` (relative to itself)."""
+    path = path.resolve()
+    if path in seen:
+        raise ConfigError(f"config {str(path)!r} includes itself through _base_")
+    data = _read_yaml(path)
+    base = data.pop("_base_", None)
+    chain = _recipe_chain(path.parent / base, seen + (path,)) if base else []
+    return chain + [(path, data)]
+
+
+def save_config(cfg: Mapping, directory: str | os.PathLike, name: str = "config.yaml") -> Path:
+    """Write the resolved configuration into ``directory`` atomically; returns the file's path."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    target = directory / name
+    data = cfg.to_dict() if isinstance(cfg, Config) else dict(cfg)
+    fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{name}.", suffix=".tmp")
+    with os.fdopen(fd, "w") as handle:
+        yaml.safe_dump(data, handle, sort_keys=False)
+    os.replace(tmp, target)
+    return target
+
+
+def add_config_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    parser.add_argument("-c", "--config", help="YAML recipe, e.g. configs/recognition/slowfast/slowfast.yaml")
+    parser.add_argument(
+        "-o", "--override", action="append", default=[], metavar="KEY=VALUE",
+        help="override a config key, repeatable: -o train.epochs=10 -o data.backend=pyav",
+    )
+    return parser
+
+
+def config_from_args(args: argparse.Namespace) -> Config:
+    return load_config(args.config, args.override)

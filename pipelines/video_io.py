@@ -1,0 +1,132 @@
+"""Writing video files with PyAV: the codecs this project uses and how to name them.
+
+``write_video`` is what the synthetic-data generator, the transcoder and the tests use to produce
+files; decoding lives with the loaders.
+"""
+from __future__ import annotations
+
+import os
+from fractions import Fraction
+from pathlib import Path
+from typing import Iterable, Optional
+
+import numpy as np
+
+# our codec name -> (PyAV encoder, container format, file suffix)
+CODECS = {
+    "vp9": ("libvpx-vp9", "webm", ".webm"),
+    "vp8": ("libvpx", "webm", ".webm"),
+    "h264": ("libx264", "mp4", ".mp4"),
+    "mjpeg": ("mjpeg", "avi", ".avi"),
+}
+# what DALI's CPU decoder reads; everything else needs the GPU (mixed) backend
+DALI_CPU_CODECS = {"vp8", "vp9", "mjpeg"}
+
+
+def codec_suffix(codec: str) -> str:
+    return _codec(codec)[2]
+
+
+def _codec(codec: str) -> tuple[str, str, str]:
+    if codec not in CODECS:
+        raise ValueError(f"codec {codec!r} is not supported for writing; choose one of {sorted(CODECS)}")
+    return CODECS[codec]
+
+
+def write_video(
+    path: str | os.PathLike,
+    frames: Iterable[np.ndarray],
+    fps: float | Fraction = 30,
+    codec: str = "vp9",
+    keyframe_interval: Optional[int] = None,
+    quality: Optional[int] = None,
+    lossless: bool = False,
+) -> Path:
+    """Encode RGB uint8 frames (each H x W x 3, H and W even) to ``path``.
+
+    Args:
+        fps: frame rate; a Fraction such as ``Fraction(30000, 1001)`` keeps NTSC rates exact.
+        codec: ``vp9`` (default, DALI CPU-decodable), ``vp8``, ``h264`` or ``mjpeg``.
+        keyframe_interval: GOP length in frames (``None`` = the encoder's default).
+        quality: CRF for vp9/h264 (lower = better), qscale for mjpeg.
+        lossless: lossless VP9 / H.264 (qp 0), for tests that compare pixels.
+
+    The file is written to a temporary name and renamed, so a partial file never has the final name.
+    """
+    import av
+
+    encoder, fmt, _ = _codec(codec)
+    path = Path(path)
+    tmp = path.with_name(f".{path.stem}.tmp{path.suffix}")
+    rate = fps if isinstance(fps, Fraction) else Fraction(fps).limit_denominator(1001)
+    container = av.open(str(tmp), mode="w", format=fmt)
+    try:
+        stream = None
+        for frame in frames:
+            frame = np.ascontiguousarray(frame, dtype=np.uint8)
+            if stream is None:
+                height, width = frame.shape[:2]
+                if height % 2 or width % 2:
+                    raise ValueError(f"frame size {width}x{height} must be even for yuv420p encoding")
+                stream = container.add_stream(encoder, rate=rate)
+                stream.width, stream.height = width, height
+                stream.pix_fmt = "yuvj420p" if codec == "mjpeg" else "yuv420p"
+                options = {}
+                if keyframe_interval:
+                    stream.codec_context.gop_size = int(keyframe_interval)
+                    if codec == "h264":
+                        options.update({"keyint": str(keyframe_interval), "min-keyint": str(keyframe_interval),
+                                        "scenecut": "0"})
+                if codec in ("vp9", "vp8"):
+                    options.update({"deadline": "realtime", "cpu-used": "8", "row-mt": "1"})
+                    if keyframe_interval:
+                        options.update({"kf-min-dist": str(keyframe_interval),
+                                        "kf-max-dist": str(keyframe_interval)})
+                    if lossless:
+                        options["lossless"] = "1"
+                    elif quality is not None:
+                        options.update({"crf": str(quality), "b": "0"})
+                if codec == "h264":
+                    options.setdefault("preset", "veryfast")
+                    if lossless:
+                        options["qp"] = "0"
+                    elif quality is not None:
+                        options["crf"] = str(quality)
+                if codec == "mjpeg" and quality is not None:
+                    stream.codec_context.qscale = int(quality)
+                stream.options = options
+            video_frame = av.VideoFrame.from_ndarray(frame, format="rgb24")
+            for packet in stream.encode(video_frame):
+                container.mux(packet)
+        if stream is None:
+            raise ValueError(f"no frames given for {str(path)!r}")
+        for packet in stream.encode():
+            container.mux(packet)
+    except BaseException:
+        container.close()
+        tmp.unlink(missing_ok=True)
+        raise
+    container.close()
+    os.replace(tmp, path)
+    return path
+
+
+def numbered_frames(num_frames: int, height: int = 64, width: int = 96) -> Iterable[np.ndarray]:
+    """Frames whose content encodes their own index: frame ``i`` is flat grey at level ``4 * i % 256``
+    in the left half and ``(4 * i // 256) * 32`` in the right half (so up to 2048 frames stay distinct).
+
+    Decoded with a near-lossless codec, ``frame_number(pixels)`` recovers ``i`` exactly.
+    """
+    for i in range(num_frames):
+        frame = np.empty((height, width, 3), dtype=np.uint8)
+        frame[:, : width // 2] = (4 * i) % 256
+        frame[:, width // 2:] = ((4 * i) // 256) * 32
+        yield frame
+
+
+def frame_number(frame: np.ndarray) -> int:
+    """Inverse of :func:`numbered_frames` on an (H, W, 3) uint8 frame (tolerates codec noise < 2 levels)."""
+    height, width = frame.shape[:2]
+    left = float(frame[height // 4: 3 * height // 4, width // 8: 3 * width // 8].astype(np.float64).mean())
+    right = float(frame[height // 4: 3 * height // 4, 5 * width // 8: 7 * width // 8].astype(np.float64).mean())
+    return int(round(right / 32)) * 64 + int(round(left / 4)) % 64
