@@ -167,6 +167,7 @@ def save_config(cfg: Mapping, directory: str | os.PathLike, name: str = "config.
     fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{name}.", suffix=".tmp")
     with os.fdopen(fd, "w") as handle:
         yaml.safe_dump(data, handle, sort_keys=False)
+    os.chmod(tmp, 0o644)  # mkstemp creates 0600; the config is meant to be read by others
     os.replace(tmp, target)
     return target
 

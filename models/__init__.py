@@ -1,0 +1,14 @@
+"""What is computed: the SlowFast family behind a small registry, and importers for other projects' weights.
+
+``create_model(name, num_classes=400, **overrides)`` builds a registered variant (``list_models()``);
+``model_from_arch(name, arch_dict)`` rebuilds one from a checkpoint's ``model_name`` / ``model_args``;
+``load_weights(model, path)`` loads this project's checkpoints and PySlowFast, pytorchvideo, Caffe2 and
+PaddleVideo weights.
+"""
+from models import slowfast  # noqa: F401  (registers the SlowFast variants)
+from models.registry import create_model, list_models, model_from_arch, register_model
+from models.slowfast import SlowFast, SlowFastArch
+from models.weights import CHECKPOINT_FORMAT, LoadReport, WeightsError, load_weights
+
+__all__ = ["create_model", "list_models", "model_from_arch", "register_model", "load_weights", "LoadReport",
+           "WeightsError", "CHECKPOINT_FORMAT", "SlowFast", "SlowFastArch"]

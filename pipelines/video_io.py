@@ -75,8 +75,10 @@ def write_video(
                 if keyframe_interval:
                     stream.codec_context.gop_size = int(keyframe_interval)
                     if codec == "h264":
-                        options.update({"keyint": str(keyframe_interval), "min-keyint": str(keyframe_interval),
-                                        "scenecut": "0"})
+                        # NOTE: libx264 ignores unknown top-level options such as "keyint"; without
+                        # x264-params its scene-cut detection inserted extra keyframes (0, 6, 12, 18, 25 for 8)
+                        k = int(keyframe_interval)
+                        options["x264-params"] = f"keyint={k}:min-keyint={k}:scenecut=0"
                 if codec in ("vp9", "vp8"):
                     options.update({"deadline": "realtime", "cpu-used": "8", "row-mt": "1"})
                     if keyframe_interval:

@@ -1,0 +1,434 @@
+"""train.py end to end on CPU with an in-memory loader (no decoding): resume, DDP, non-finite losses,
+precise BN.
+
+The in-memory loader follows the :mod:`pipelines` contract (``([slow, fast], labels, video_index)``,
+``len``, ``set_epoch``, ``records``, ``failures``) with the shared sharding rule, and records which videos
+it delivered, so the tests can compare sample orders.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import socket
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.multiprocessing as mp
+from torch import nn
+
+import train
+from configs import load_config
+from engine import checkpoint as ckpt
+from engine import distributed
+from engine.precise_bn import update_bn_stats
+from pipelines import sampling
+from pipelines.dataset import VideoRecord
+
+NUM_VIDEOS = 12
+NUM_CLASSES = 3
+FRAMES, SIZE = 8, 32  # fast frames (alpha 4: 2 slow frames), crop size
+
+
+class MemoryLoader:
+    """A contract-following loader over synthetic clips: class k is a bright blob moving k-dependent ways."""
+
+    def __init__(self, split: str, rank: int, world_size: int, alpha: int, batch_size: int, seed: int = 0):
+        self.split, self.rank, self.world_size, self.alpha = split, rank, world_size, alpha
+        self.batch_size, self.seed = batch_size, seed
+        self.records = [VideoRecord(path=f"video{i}.webm", label=i % NUM_CLASSES) for i in range(NUM_VIDEOS)]
+        self.failures: list = []
+        self.delivered: list[tuple[int, list[int]]] = []  # (epoch, video indices) per batch
+        self.set_epoch(0)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+        train_split = self.split == "train"
+        self.order = sampling.shard_indices(
+            NUM_VIDEOS,
+            self.rank,
+            self.world_size,
+            shuffle=train_split,
+            seed=self.seed,
+            epoch=epoch,
+            pad=not train_split,
+        )
+
+    def __len__(self) -> int:
+        n = len(self.order)
+        return n // self.batch_size if self.split == "train" else -(-n // self.batch_size)
+
+    def _clip(self, video_index: int) -> torch.Tensor:
+        label = self.records[video_index].label
+        rng = sampling.clip_rng(self.seed, self.epoch if self.split == "train" else 0, video_index)
+        clip = torch.from_numpy(rng.normal(0.0, 0.3, (3, FRAMES, SIZE, SIZE)).astype(np.float32))
+        for t in range(FRAMES):  # class 0 still, 1 right, 2 down
+            y = 8 + (t if label == 2 else 0)
+            x = 8 + (t if label == 1 else 0)
+            clip[:, t, y : y + 6, x : x + 6] += 2.0
+        return clip
+
+    def __iter__(self):
+        n = len(self) * self.batch_size if self.split == "train" else len(self.order)
+        for start in range(0, n, self.batch_size):
+            chunk = [int(v) for v in self.order[start : start + self.batch_size]]
+            self.delivered.append((self.epoch, chunk))
+            fast = torch.stack([self._clip(v if v >= 0 else 0) for v in chunk])
+            slow = fast[:, :, sampling.slow_indices(FRAMES, self.alpha)]
+            labels = torch.tensor([self.records[v if v >= 0 else 0].label for v in chunk])
+            yield [slow, fast], labels, torch.tensor(chunk)
+
+
+LOADERS: list[MemoryLoader] = []
+
+
+def memory_build_loader(cfg, split, *, rank=0, world_size=1, alpha=8):
+    loader = MemoryLoader(split, rank, world_size, alpha, int(cfg.data.batch_size), int(cfg.data.seed))
+    LOADERS.append(loader)
+    return loader
+
+
+def _argv(output_dir: Path, *extra: str, epochs: int = 3) -> list[str]:
+    return [
+        "--validate",
+        "--output-dir",
+        str(output_dir),
+        "-o",
+        "model.name=slowfast_tiny",
+        "-o",
+        f"model.num_classes={NUM_CLASSES}",
+        "-o",
+        "data.batch_size=2",
+        "-o",
+        f"data.num_frames={FRAMES}",
+        "-o",
+        f"train.epochs={epochs}",
+        "-o",
+        "train.warmup_epochs=1",
+        "-o",
+        "train.base_lr=0.8",
+        "-o",
+        "train.base_batch=16",
+        "-o",
+        "train.warmup_start_lr=0.08",
+        "-o",
+        "train.precise_bn_batches=2",
+        "-o",
+        "train.validate_every=1",
+        "-o",
+        "train.save_every=2",
+        "-o",
+        "train.keep_last=1",
+        "-o",
+        "train.log_every=1",
+        "-o",
+        "train.precision=fp32",
+        *extra,
+    ]
+
+
+@pytest.fixture
+def memory_data(monkeypatch):
+    LOADERS.clear()
+    monkeypatch.setattr(train, "build_loader", memory_build_loader)
+    # One thread: on a small, shared CPU, OpenMP threads competing with other processes run these tiny
+    # tensors over ten times slower.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield LOADERS
+    torch.set_num_threads(threads)
+
+
+def _iter_records(output_dir: Path) -> list[dict]:
+    lines = (output_dir / "train_log.jsonl").read_text().splitlines()
+    return [r for r in map(json.loads, lines) if r["kind"] == "iter"]
+
+
+def _train_order(loaders: list[MemoryLoader]) -> list[tuple[int, list[int]]]:
+    return [batch for loader in loaders if loader.split == "train" for batch in loader.delivered]
+
+
+def test_resume_continues_exactly_like_an_uninterrupted_run(tmp_path, memory_data, monkeypatch):
+    full_dir, cut_dir = tmp_path / "full", tmp_path / "cut"
+    full = train.main(_argv(full_dir))
+    full_state = torch.load(full_dir / "latest.pt", weights_only=True)
+    full_lrs = [(r["step"], r["lr"]) for r in _iter_records(full_dir)]
+    memory_data.clear()
+
+    # The same run, killed after its first epoch's checkpoint ...
+    real_end = train._end_of_epoch
+
+    def end_then_crash(trainer, epoch, summary):
+        real_end(trainer, epoch, summary)
+        if epoch == 0:
+            raise KeyboardInterrupt("simulated crash")
+
+    monkeypatch.setattr(train, "_end_of_epoch", end_then_crash)
+    with pytest.raises(KeyboardInterrupt):
+        train.main(_argv(cut_dir))
+    monkeypatch.setattr(train, "_end_of_epoch", real_end)
+    first_part = _train_order(memory_data)
+    memory_data.clear()
+    # ... then resumed: the torchrun restart path (no --resume flag needed after a crash under torchrun).
+    monkeypatch.setenv("TORCHELASTIC_RESTART_COUNT", "1")
+    resumed = train.main(_argv(cut_dir))
+    resumed_state = torch.load(cut_dir / "latest.pt", weights_only=True)
+
+    # Same LR at every step (the log holds one line per step).
+    cut_lrs = [(r["step"], r["lr"]) for r in _iter_records(cut_dir)]
+    assert [s for s, _ in cut_lrs] == [s for s, _ in full_lrs]
+    assert np.allclose([lr for _, lr in cut_lrs], [lr for _, lr in full_lrs], rtol=0, atol=1e-12)
+    # Same training samples in the same order: the first epoch before the crash, the rest after. Each
+    # epoch reads its 6 batches (a seeded permutation of the 12 videos), then precise BN re-reads the first 2.
+    expected = []
+    for epoch in range(3):
+        order = sampling.shard_indices(NUM_VIDEOS, shuffle=True, seed=0, epoch=epoch, pad=False).tolist()
+        batches = [(epoch, order[i : i + 2]) for i in range(0, NUM_VIDEOS, 2)]
+        expected.extend(batches + batches[:2])
+    assert first_part == expected[:8]
+    assert _train_order(memory_data) == expected[8:]
+    # Same weights, BN statistics and optimizer momentum.
+    assert resumed_state["epoch"] == full_state["epoch"] == 3
+    assert resumed_state["iteration"] == full_state["iteration"] == 18
+    for key, value in full_state["model"].items():
+        torch.testing.assert_close(resumed_state["model"][key], value, rtol=1e-5, atol=1e-6, msg=key)
+    for key, value in full_state["optimizer"]["state"].items():
+        torch.testing.assert_close(
+            resumed_state["optimizer"]["state"][key]["momentum_buffer"],
+            value["momentum_buffer"],
+            rtol=1e-5,
+            atol=1e-6,
+        )
+    assert resumed["best_top1"] == pytest.approx(full["best_top1"])
+
+
+def test_checkpoint_files_and_content(tmp_path, memory_data):
+    out = tmp_path / "SlowFast"
+    summary = train.main(_argv(out))
+    names = sorted(p.name for p in out.iterdir() if p.suffix == ".pt")
+    # save_every=2 over 3 epochs: epochs 2 and 3 (the last), keep_last=1 keeps only epoch 3.
+    assert names == ["SlowFast_epoch_000003.pt", "best.pt", "latest.pt"]
+    assert not [p for p in out.iterdir() if p.name.endswith(".tmp")]
+    state = ckpt.load_checkpoint(out / "latest.pt")
+    assert state["format"] == "slowfast-dali/1"
+    assert state["model_name"] == "slowfast_tiny" and state["model_args"]["num_classes"] == NUM_CLASSES
+    assert state["epoch"] == 3 and state["iteration"] == 3 * 6
+    assert state["config"]["train"]["epochs"] == 3
+    assert set(state["rng"]["ranks"][0]) == {"python", "numpy", "torch", "cuda"}
+    assert state["scheduler"]["iters_per_epoch"] == 6
+    best = ckpt.load_checkpoint(out / "best.pt")
+    assert best["metrics"]["val"]["top1"] == pytest.approx(summary["best_top1"])
+    assert best["epoch"] == summary["best_epoch"]
+    # The checkpoint rebuilds its network from model_name/model_args alone.
+    import models
+
+    rebuilt = models.model_from_arch(state["model_name"], state["model_args"])
+    rebuilt.load_state_dict(state["model"])
+    assert (out / "config.yaml").is_file()
+    assert load_config(out / "config.yaml").train.epochs == 3
+    # -w fine-tunes from it with another class count: everything but the classifier is loaded.
+    five = load_config(out / "config.yaml", ["model.num_classes=5"])
+    tuned = train.build_model(five, torch.device("cpu"), weights=str(out / "best.pt")).state_dict()
+    for key, value in best["model"].items():
+        if key.startswith("head."):
+            assert tuned[key].shape[0] == 5
+        else:
+            torch.testing.assert_close(tuned[key], value.to(tuned[key].dtype), rtol=0, atol=0, msg=key)
+    # A second start in the same directory without --resume would overwrite the run: refused, with the fix.
+    with pytest.raises(ckpt.CheckpointError, match="--resume"):
+        train.main(_argv(out))
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _ddp_worker(rank: int, world_size: int, port: int, output_dir: str, result_dir: str) -> None:
+    os.environ.update(
+        RANK=str(rank),
+        WORLD_SIZE=str(world_size),
+        LOCAL_RANK=str(rank),
+        MASTER_ADDR="127.0.0.1",
+        MASTER_PORT=str(port),
+    )
+    torch.set_num_threads(1)
+    train.build_loader = memory_build_loader
+    real_epoch, real_end = train.train_one_epoch, train._end_of_epoch
+    result: dict = {}
+
+    def spy_epoch(trainer, epoch):
+        result["initial"] = {k: v.clone() for k, v in trainer.bare_model.state_dict().items()}
+        summary = real_epoch(trainer, epoch)
+        result["after_steps"] = {k: v.clone() for k, v in trainer.bare_model.state_dict().items()}
+        return summary
+
+    def spy_end(trainer, epoch, summary):
+        real_end(trainer, epoch, summary)
+        result["final"] = trainer.bare_model.state_dict()
+        result["seen"] = [
+            v for loader in LOADERS if loader.split == "train" for _, b in loader.delivered for v in b
+        ]
+        torch.save(result, Path(result_dir) / f"rank{rank}.pt")
+
+    train.train_one_epoch, train._end_of_epoch = spy_epoch, spy_end
+    train.main(
+        _argv(Path(output_dir), "-o", "train.save_every=1", "-o", "train.precise_bn_batches=0", epochs=1)
+    )
+
+
+def test_ddp_two_processes_on_cpu(tmp_path):
+    out, results = tmp_path / "ddp", tmp_path / "results"
+    results.mkdir()
+    mp.spawn(_ddp_worker, args=(2, _free_port(), str(out), str(results)), nprocs=2, join=True)
+    rank0, rank1 = (torch.load(results / f"rank{r}.pt", weights_only=True) for r in (0, 1))
+    # Disjoint shards covering the dataset (12 videos, 2 ranks x 3 steps x 2 clips).
+    assert set(rank0["seen"]).isdisjoint(rank1["seen"])
+    assert sorted(rank0["seen"] + rank1["seen"]) == list(range(NUM_VIDEOS))
+    # Same start, different data, yet the same parameters after the steps: gradients were averaged.
+    params = dict(train.models.create_model("slowfast_tiny", num_classes=NUM_CLASSES).named_parameters())
+    changed = 0
+    for key in params:
+        torch.testing.assert_close(rank1["initial"][key], rank0["initial"][key], rtol=0, atol=0)
+        torch.testing.assert_close(
+            rank1["after_steps"][key], rank0["after_steps"][key], rtol=1e-6, atol=1e-7, msg=key
+        )
+        changed += int(not torch.equal(rank0["after_steps"][key], rank0["initial"][key]))
+    assert changed >= 0.9 * len(params)  # a few may get no gradient (e.g. behind a zero-initialised BN)
+    # BN running statistics follow each rank's own batches during the epoch; before validation and saving
+    # every rank takes rank 0's, so all ranks evaluate (and rank 0 saves) one model.
+    assert any(
+        not torch.equal(rank0["after_steps"][k], rank1["after_steps"][k])
+        for k in rank0["final"]
+        if "running_mean" in k
+    )
+    for key, value in rank0["final"].items():
+        torch.testing.assert_close(rank1["final"][key], value, rtol=1e-6, atol=1e-7, msg=key)
+    # Rank 0 alone wrote: one epoch checkpoint, plus latest/best pointing at it.
+    files = sorted(p.name for p in out.iterdir() if p.suffix == ".pt")
+    assert files == ["best.pt", "ddp_epoch_000001.pt", "latest.pt"]
+    saved = ckpt.load_checkpoint(out / "latest.pt")
+    for key, value in rank0["final"].items():
+        torch.testing.assert_close(saved["model"][key], value, rtol=0, atol=0)
+    assert saved["rng"]["world_size"] == 2 and len(saved["rng"]["ranks"]) == 2
+    assert len(_iter_records(out)) == 3  # one log line per step, from one rank
+
+
+class NaNAfter(nn.Module):
+    """Wraps a model; turns its output to NaN on the calls listed in ``bad_calls``."""
+
+    def __init__(self, model: nn.Module, bad_calls: set[int]):
+        super().__init__()
+        self.model, self.bad_calls, self.calls = model, bad_calls, 0
+
+    def forward(self, inputs):
+        out = self.model(inputs)
+        self.calls += 1
+        return out * float("nan") if self.calls in self.bad_calls else out
+
+
+def _trainer(tmp_path, *extra: str) -> train.Trainer:
+    args = train.parse_args(_argv(tmp_path / "run", *extra))
+    cfg = train.config_from_args(args)
+    cfg.train.output_dir = str(tmp_path / "run")
+    return train.build_trainer(cfg, distributed.DistInfo(), validate=False)
+
+
+def test_nonfinite_loss_skips_the_step_and_counts(tmp_path, memory_data):
+    trainer = _trainer(tmp_path)
+    trainer.model = NaNAfter(trainer.model, bad_calls={1, 2, 3, 4, 5, 6})
+    before = {k: v.clone() for k, v in trainer.bare_model.state_dict().items()}
+    summary = train.train_one_epoch(trainer, 0)
+    assert summary["skipped_steps"] == 6 and trainer.nonfinite_total == 6
+    for key, value in trainer.bare_model.state_dict().items():
+        assert torch.equal(value, before[key]), key  # no step: weights and BN stats untouched...
+    assert not trainer.optimizer.state  # ...and no momentum buffer was created
+    assert all(p.grad is None for p in trainer.bare_model.parameters())
+
+    # One bad step among good ones: skipped, counted, the streak resets, training goes on.
+    trainer = _trainer(tmp_path)
+    trainer.model = NaNAfter(trainer.model, bad_calls={2})
+    summary = train.train_one_epoch(trainer, 0)
+    assert summary["skipped_steps"] == 1 and trainer.nonfinite_streak == 0
+    assert math.isfinite(summary["loss"])
+
+
+def test_persistent_nonfinite_loss_stops_with_a_clear_message(tmp_path, memory_data, capsys):
+    trainer = _trainer(tmp_path, "-o", "train.max_nonfinite=3")
+    trainer.model = NaNAfter(trainer.model, bad_calls=set(range(1, 100)))
+    with pytest.raises(train.NonFiniteLossError, match=r"non-finite for 3 consecutive steps.*base_lr"):
+        train.train_one_epoch(trainer, 0)
+    assert trainer.iteration == 3
+
+    # Through the command line: one error line, exit status 2, no traceback.
+    real_build = train.build_trainer
+
+    def nan_trainer(*args, **kwargs):
+        built = real_build(*args, **kwargs)
+        built.model = NaNAfter(built.model, bad_calls=set(range(1, 100)))
+        return built
+
+    train.build_trainer = nan_trainer
+    try:
+        status = train.cli(_argv(tmp_path / "cli", "-o", "train.max_nonfinite=2"))
+    finally:
+        train.build_trainer = real_build
+    err = capsys.readouterr().err
+    assert status == 2
+    assert err.startswith("error: the loss was non-finite for 2 consecutive steps") and "Traceback" not in err
+
+
+def test_cli_rejects_bad_values_with_the_fix(tmp_path, memory_data, capsys):
+    assert train.cli(_argv(tmp_path / "a", "-o", "train.precision=fp8")) == 2
+    assert "train.precision='fp8'" in capsys.readouterr().err
+    assert train.cli(_argv(tmp_path / "b", "-o", "train.lr=0.1")) == 2
+    assert "did you mean 'train.base_lr'" in capsys.readouterr().err
+    assert train.cli(_argv(tmp_path / "c", "--resume", str(tmp_path / "missing.pt"))) == 2
+    assert "missing.pt: no such file" in capsys.readouterr().err
+    assert train.cli(_argv(tmp_path / "d", "-o", "model.name=slowfast_huge")) == 2
+    assert "model.name='slowfast_huge'" in capsys.readouterr().err
+
+
+def test_precise_bn_sets_running_stats_to_the_batch_average_and_keeps_weights():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv3d(2, 3, 1), nn.BatchNorm3d(3), nn.ReLU(), nn.Dropout(0.5))
+    model[1].running_mean.fill_(5.0)  # stale statistics the update must replace
+    batches = [torch.randn(4, 2, 3, 5, 5) * (i + 1) + i for i in range(3)]
+    weights = {
+        k: v.clone() for k, v in model.state_dict().items() if "running" not in k and "num_batches" not in k
+    }
+    model.eval()
+
+    used = update_bn_stats(
+        model,
+        [(b,) for b in batches] + [(batches[0] * 100,)],
+        num_batches=3,
+        forward=lambda m, batch: m(batch[0]),
+    )
+
+    assert used == 3
+    # Reference: per batch, the mean and unbiased variance of the conv output per channel (numpy), averaged.
+    conv_w = model[0].weight.detach().numpy()[:, :, 0, 0, 0]
+    conv_b = model[0].bias.detach().numpy()
+    means, variances = [], []
+    for batch in batches:
+        x = np.einsum("oc,nctyx->notyx", conv_w, batch.numpy()) + conv_b[None, :, None, None, None]
+        flat = x.transpose(1, 0, 2, 3, 4).reshape(3, -1)
+        means.append(flat.mean(axis=1))
+        variances.append(flat.var(axis=1, ddof=1))
+    np.testing.assert_allclose(model[1].running_mean.numpy(), np.mean(means, axis=0), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(model[1].running_var.numpy(), np.mean(variances, axis=0), rtol=1e-5, atol=1e-5)
+    for key, value in model.state_dict().items():
+        if key in weights:
+            assert torch.equal(value, weights[key]), key
+    assert model[1].momentum == 0.1 and not model.training  # settings restored
+    assert int(model[1].num_batches_tracked) == 0  # the training counter is not the precise-BN count
+
+
+if __name__ == "__main__":
+    sys.exit(pytest.main([__file__, "-q"]))
