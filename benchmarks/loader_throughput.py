@@ -13,10 +13,8 @@ from __future__ import annotations
 import argparse
 import statistics
 import sys
-import time
 
-import torch
-
+from benchmarks.timing import measure_iterable
 from configs import ConfigError, add_config_args, config_from_args
 from pipelines import BackendUnavailable, build_loader
 from pipelines.dataset import DatasetError
@@ -25,7 +23,7 @@ PLACEMENTS = {"dali-gpu": ("dali", "gpu"), "dali-cpu": ("dali", "cpu"), "pyav": 
 
 
 def measure(cfg, split: str, batches: int, warmup: int, repeats: int, alpha: int) -> list[float]:
-    """Clips per second of ``repeats`` timed runs of ``batches`` batches each.
+    """Clips per second of ``repeats`` timed runs of ``batches`` batches each (see benchmarks.timing).
 
     Args:
         cfg: configuration; ``data.backend`` and ``data.device`` choose the loader.
@@ -35,33 +33,15 @@ def measure(cfg, split: str, batches: int, warmup: int, repeats: int, alpha: int
         alpha: SlowFast's alpha (the slow pathway is cut by the loader).
     """
     loader = build_loader(cfg, split, alpha=alpha)
-    rates = []
-    epoch = 0
-    iterator = iter(loader)
+    epochs = iter(range(1 << 30))
 
-    def next_batch():
-        nonlocal iterator, epoch
-        try:
-            return next(iterator)
-        except StopIteration:  # a small dataset: go on with the next epoch
-            epoch += 1
-            loader.set_epoch(epoch)
-            iterator = iter(loader)
-            return next(iterator)
+    def next_epoch():  # a small dataset: go on with the next epoch
+        loader.set_epoch(next(epochs))
+        return loader
 
-    for _ in range(warmup):
-        next_batch()
-    for _ in range(repeats):
-        if torch.cuda.is_available():
-            torch.cuda.synchronize()
-        start, clips = time.perf_counter(), 0
-        for _ in range(batches):
-            (_, fast), _, _ = next_batch()
-            clips += fast.shape[0]
-        if torch.cuda.is_available():
-            torch.cuda.synchronize()
-        rates.append(clips / (time.perf_counter() - start))
-    return rates
+    result = measure_iterable(next_epoch, lambda batch: batch[0][1].shape[0], warmup=warmup, repeats=repeats,
+                              iters=batches, unit="clips/s")
+    return result.values
 
 
 def main(argv=None) -> int:

@@ -146,6 +146,7 @@ class DaliVideoLoader:
             raise ValueError(f"batch size {self.videos_per_batch} must be >= 1")
         self.views = self.num_clips * self.num_crops
         self._short_side_range = tuple(int(v) for v in data.train_short_side)
+        self._train_flip = bool(data.train_flip)
         self._test_short_side = int(data.test_short_side)
         self._mean, self._std = [float(m) for m in data.mean], [float(s) for s in data.std]
         # CPU placement always emits float32 (the model runs on the CPU in fp32 or autocasts itself)
@@ -234,7 +235,7 @@ class DaliVideoLoader:
             rng = sampling.clip_rng(self.seed, epoch, record_index)
             clips = sampling.train_clip_indices(record.num_frames, record.fps, rng, **timing)[None]
             crops = [sampling.train_spatial_params(record.height, record.width, rng,
-                                                   self._short_side_range, self.crop)]
+                                                   self._short_side_range, self.crop, self._train_flip)]
         elif self.split == "val":
             clips = sampling.val_clip_indices(record.num_frames, record.fps, **timing)[None]
             crops = [sampling.val_spatial_params(record.height, record.width, self._test_short_side,

@@ -200,7 +200,8 @@ class _VideoClips(torch.utils.data.Dataset):
             rng = sampling.clip_rng(s["seed"], self.epoch, video_index)
             indices = sampling.train_clip_indices(num_frames, fps, rng, s["num_frames"], s["sampling_rate"],
                                                   s["target_fps"])
-            params = sampling.train_spatial_params(height, width, rng, s["train_short_side"], s["train_crop"])
+            params = sampling.train_spatial_params(height, width, rng, s["train_short_side"], s["train_crop"],
+                                                   s["train_flip"])
         else:
             indices = sampling.val_clip_indices(num_frames, fps, s["num_frames"], s["sampling_rate"],
                                                 s["target_fps"])
@@ -363,7 +364,7 @@ def build_pyav_loader(cfg: Any, split: str, *, rank: int = 0, world_size: int = 
         "seed": int(data.seed), "num_frames": int(data.num_frames), "sampling_rate": int(data.sampling_rate),
         "target_fps": float(data.target_fps),
         "train_short_side": (int(short[0]), int(short[1])) if isinstance(short, Iterable) else (int(short),) * 2,
-        "train_crop": int(data.train_crop), "val_crop": int(data.val_crop),
+        "train_crop": int(data.train_crop), "val_crop": int(data.val_crop), "train_flip": bool(data.train_flip),
         "test_short_side": int(data.test_short_side), "test_crop": int(data.test_crop),
         "num_clips": int(cfg.test.num_clips), "num_crops": int(cfg.test.num_crops),
         "mean": [float(m) for m in data.mean], "std": [float(s) for s in data.std],

@@ -106,14 +106,15 @@ def resized_shape(height: int, width: int, short_side: int) -> tuple[int, int]:
 
 def train_spatial_params(
     height: int, width: int, rng: np.random.Generator,
-    short_side_range: tuple[int, int] = (256, 320), crop: int = 224,
+    short_side_range: tuple[int, int] = (256, 320), crop: int = 224, allow_flip: bool = True,
 ) -> SpatialParams:
+    """One clip's random scale, crop and flip; ``allow_flip=False`` never flips (same random stream)."""
     lo, hi = short_side_range
     short = int(rng.integers(lo, hi + 1))
     rh, rw = resized_shape(height, width, short)
     y = int(rng.integers(0, max(rh - crop, 0) + 1))
     x = int(rng.integers(0, max(rw - crop, 0) + 1))
-    flip = bool(rng.random() < 0.5)
+    flip = bool(rng.random() < 0.5) and allow_flip
     return SpatialParams(rh, rw, y, x, crop, flip)
 
 

@@ -44,9 +44,24 @@ CLASSES = ("moving_left", "moving_right", "moving_up", "moving_down",
 SHAPES = ("L", "T", "F", "triangle", "key")
 MODES = ("motion", "kinetics")
 # bump when rendering changes, so that datasets made by an older generator are regenerated
-GENERATOR_VERSION = 1
+GENERATOR_VERSION = 4
 MANIFEST = "manifest.json"
 _SPLIT_IDS = {"train": 0, "val": 1}
+
+# How motion mode draws its videos (kinetics mode keeps its own, fixed draw). Fractions of the frame:
+# size_range of the short side (the shape's extent), travel_range of the free run for moving shapes;
+# turn_range in half-turns over the video; scale_factor_range end/start size for growing/shrinking;
+# noise_range the per-frame Gaussian noise sigma (0..255); background_contrast scales the textured
+# background's deviation from its mean colour (1: the full texture).
+# The shape is large and stands out from a low-contrast, lightly noisy background so that a tiny model learns
+# its motion within the CPU demo's few minutes (generator 1 used 0.28-0.4, noise 4-10 and full contrast:
+# slowfast_tiny stayed at chance). The turn is 0.8-1.1 half-turns over the video: with generator 2's 1-2
+# half-turns, a 16-frame demo clip sampled every 2nd frame turned 22-45 degrees per step, where a shape with
+# near-symmetry looks the same turned either way, and slowfast_tiny told clockwise from counter-clockwise at
+# chance (25 and 50% per class) while the other six classes reached ~90%; 0.5-0.8 half-turns (11-18 degrees
+# a step) was too subtle at 40x32 (20 and 75%), 0.8-1.1 (18-25 degrees) is in between.
+MOTION_STYLE = {"size_range": (0.35, 0.5), "travel_range": (0.5, 0.85), "turn_range": (0.8, 1.1),
+                "scale_factor_range": (1.7, 2.4), "noise_range": (1.0, 3.0), "background_contrast": 0.3}
 
 MODE_DEFAULTS = {
     "motion": {"width": 128, "height": 96, "num_frames": 64, "fps": 30.0, "codec": "vp9", "keyframe_interval": 16,
@@ -95,6 +110,7 @@ class VideoSpec:
     background_seed: int
     noise_sigma: float
     pan: tuple                    # background displacement (dx, dy) over the video, pixels (kinetics mode)
+    background_contrast: float = 1.0  # scales the background texture's deviation from its mean colour
 
 
 def _shape_mask(shape: str, u: np.ndarray, v: np.ndarray) -> np.ndarray:
@@ -123,7 +139,9 @@ def _contrasting_color(rng: np.random.Generator, avoid: np.ndarray, min_distance
 
 
 def _draw_object(rng: np.random.Generator, label: int, width: int, height: int, background_mean: np.ndarray,
-                 size_range: tuple[float, float]) -> ObjectMotion:
+                 size_range: tuple[float, float], travel_range: tuple[float, float] = (0.5, 0.85),
+                 turn_range: tuple[float, float] = (1.0, 2.0),
+                 scale_factor_range: tuple[float, float] = (1.7, 2.4)) -> ObjectMotion:
     short = min(width, height)
     # half-size so the shape spans size_range of the short side
     scale = float(rng.uniform(*size_range)) * short / 2
@@ -150,7 +168,7 @@ def _draw_object(rng: np.random.Generator, label: int, width: int, height: int, 
         # the shape may leave the frame by up to ~40% of its reach at the ends, as in real footage; a
         # fully kept-in shape of this size would barely move in a 96-pixel-high frame
         reach = 0.6 * extent
-        travel = float(rng.uniform(0.5, 0.85)) * max(dim - 2 * reach, 0.4 * dim)
+        travel = float(rng.uniform(*travel_range)) * max(dim - 2 * reach, 0.4 * dim)
         sign = -1.0 if name in ("moving_left", "moving_up") else 1.0
         lo, hi = centre_range(dim, travel, reach)
         start_along = float(rng.uniform(lo, hi)) + (travel if sign < 0 else 0.0)
@@ -165,10 +183,10 @@ def _draw_object(rng: np.random.Generator, label: int, width: int, height: int, 
             end = (start_other + wobble, start_along + sign * travel)
     else:
         if name.startswith("rotating"):
-            turn = float(rng.uniform(1.0, 2.0)) * math.pi
+            turn = float(rng.uniform(*turn_range)) * math.pi
             end_angle = start_angle + (turn if name == "rotating_clockwise" else -turn)
         else:
-            factor = float(rng.uniform(1.7, 2.4))
+            factor = float(rng.uniform(*scale_factor_range))
             grow = name == "growing"
             # sizes overlap between the two classes: both pass through `scale` half-way
             start_scale = scale / math.sqrt(factor) if grow else scale * math.sqrt(factor)
@@ -203,8 +221,10 @@ def video_spec(seed: int, split: str, index: int, label: int, width: int, height
     background_seed = int(rng.integers(2**31))
     background_mean = _background(background_seed, 8, 8).reshape(-1, 3).mean(0)
     if mode == "motion":
-        objects = [_draw_object(rng, label, width, height, background_mean, (0.28, 0.4))]
-        noise, pan = float(rng.uniform(4, 10)), (0.0, 0.0)
+        style = MOTION_STYLE
+        objects = [_draw_object(rng, label, width, height, background_mean, style["size_range"],
+                                style["travel_range"], style["turn_range"], style["scale_factor_range"])]
+        noise, pan = float(rng.uniform(*style["noise_range"])), (0.0, 0.0)
     else:
         objects = [_draw_object(rng, label, width, height, background_mean, (0.25, 0.35))]
         for _ in range(int(rng.integers(2, 5))):
@@ -213,8 +233,9 @@ def video_spec(seed: int, split: str, index: int, label: int, width: int, height
         # per-frame noise is what x264 cannot predict: sets the bitrate (measured 1.3-1.8 Mbit/s at 340x256, keyint 250)
         noise = float(rng.uniform(11, 14))
         pan = tuple(float(p) for p in rng.uniform(-0.15, 0.15, size=2) * (width, height))
+    contrast = float(MOTION_STYLE["background_contrast"]) if mode == "motion" else 1.0
     return VideoSpec(label=label, width=width, height=height, num_frames=num_frames, mode=mode, objects=objects,
-                     background_seed=background_seed, noise_sigma=noise, pan=pan)
+                     background_seed=background_seed, noise_sigma=noise, pan=pan, background_contrast=contrast)
 
 
 def _background(seed: int, height: int, width: int) -> np.ndarray:
@@ -249,6 +270,9 @@ def render_video(spec: VideoSpec, with_masks: bool = False):
     pan_x, pan_y = abs(spec.pan[0]), abs(spec.pan[1])
     margin_x, margin_y = int(math.ceil(pan_x)) + 1, int(math.ceil(pan_y)) + 1
     background = _background(spec.background_seed, height + margin_y, width + margin_x)
+    if spec.background_contrast != 1.0:
+        mean = background.mean(axis=(0, 1), keepdims=True)
+        background = mean + np.float32(spec.background_contrast) * (background - mean)
     noise_rng = np.random.default_rng(spec.background_seed + 1)
     ys, xs = np.mgrid[0:height, 0:width].astype(np.float32)
     frames = np.empty((frames_n, height, width, 3), dtype=np.uint8)

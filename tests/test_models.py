@@ -283,3 +283,34 @@ def test_channels_last_under_cuda_autocast(dtype):
         logits = model(inputs)
     assert logits.dtype == dtype and torch.isfinite(logits).all()
     assert offenders == []
+
+
+def test_time_difference_input_for_the_fast_pathway():
+    from models.slowfast import time_difference
+
+    # frame t holds the value t * t: differences are 2t - 1 for t >= 1, and 0 for the first frame
+    clip = torch.arange(6, dtype=torch.float32).pow(2).view(1, 1, 6, 1, 1).expand(2, 3, 6, 4, 4)
+    clip = clip.contiguous(memory_format=torch.channels_last_3d)
+    diff = time_difference(clip)
+    expected = torch.tensor([0.0, 1.0, 3.0, 5.0, 7.0, 9.0]).view(1, 1, 6, 1, 1).expand(2, 3, 6, 4, 4)
+    assert torch.equal(diff, expected)
+    assert diff.is_contiguous(memory_format=torch.channels_last_3d)
+
+    plain = create_model("slowfast_tiny", num_classes=5)
+    with_diff = create_model("slowfast_tiny", num_classes=5, fast_time_diff=True)
+    assert plain.fast_stem.conv.in_channels == 3 and with_diff.fast_stem.conv.in_channels == 6
+    # the model's Fast stem sees [RGB, time difference]: zeroing the difference half of its kernel gives
+    # back the plain model's computation
+    with_diff.load_state_dict({k: v for k, v in plain.state_dict().items() if "fast_stem.conv" not in k},
+                              strict=False)
+    with torch.no_grad():
+        with_diff.fast_stem.conv.weight.zero_()
+        with_diff.fast_stem.conv.weight[:, :3] = plain.fast_stem.conv.weight
+    plain.eval(), with_diff.eval()
+    fast = torch.randn(2, 3, 8, 32, 32)
+    inputs = [fast[:, :, ::4].contiguous(), fast]
+    torch.testing.assert_close(with_diff(inputs), plain(inputs), rtol=1e-5, atol=1e-6)
+    # and the difference channels do matter when their weights are not zero
+    with torch.no_grad():
+        with_diff.fast_stem.conv.weight[:, 3:] = 0.5
+    assert not torch.allclose(with_diff(inputs), plain(inputs))

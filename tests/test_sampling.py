@@ -102,3 +102,17 @@ def test_train_shards_are_disjoint_equal_and_reshuffled(world_size):
 def test_shard_rejects_a_bad_rank():
     with pytest.raises(ValueError, match="rank 2"):
         sampling.shard_indices(10, 2, 2)
+
+
+def test_train_flip_can_be_turned_off_without_changing_the_other_draws():
+    # direction-labelled data (left vs right) must not be flipped; the scale and crop stay those of the stream
+    flips = []
+    for video in range(64):
+        with_flip = sampling.train_spatial_params(120, 160, sampling.clip_rng(3, 1, video), (128, 144), 112)
+        without = sampling.train_spatial_params(120, 160, sampling.clip_rng(3, 1, video), (128, 144), 112,
+                                                allow_flip=False)
+        assert not without.flip
+        assert (without.resize_h, without.resize_w, without.y, without.x) == \
+            (with_flip.resize_h, with_flip.resize_w, with_flip.y, with_flip.x)
+        flips.append(with_flip.flip)
+    assert 0 < sum(flips) < 64

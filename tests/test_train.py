@@ -394,6 +394,26 @@ def test_cli_rejects_bad_values_with_the_fix(tmp_path, memory_data, capsys):
     assert "model.name='slowfast_huge'" in capsys.readouterr().err
 
 
+def test_optimizer_option_selects_adamw_and_rejects_unknown_names(tmp_path, memory_data, capsys):
+    cfg = load_config(None, ["model.name=slowfast_tiny", "model.num_classes=3"])
+    model = nn.Sequential(nn.Conv3d(3, 4, 1), nn.BatchNorm3d(4))
+    assert cfg.train.optimizer == "sgd"
+    assert type(train.build_optimizer(model, cfg, torch.device("cpu"))) is torch.optim.SGD
+    cfg = load_config(None, ["train.optimizer=adamw", "train.weight_decay=0.01"])
+    optimizer = train.build_optimizer(model, cfg, torch.device("cpu"))
+    assert type(optimizer) is torch.optim.AdamW
+    # the same groups as SGD: no decay on BN parameters and biases
+    assert [g["weight_decay"] for g in optimizer.param_groups] == [0.01, 0.0]
+    # a short AdamW run goes through the trainer (schedule, checkpoint with the AdamW state) and learns
+    summary = train.main(_argv(tmp_path / "adamw", "-o", "train.optimizer=adamw", "-o", "train.base_lr=0.01",
+                               "-o", "train.warmup_start_lr=0.001"))
+    assert summary["best_top1"] is not None
+    state = torch.load(tmp_path / "adamw" / "latest.pt", map_location="cpu", weights_only=False)
+    assert any("exp_avg" in v for v in state["optimizer"]["state"].values())
+    assert train.cli(_argv(tmp_path / "bad", "-o", "train.optimizer=lamb")) == 2
+    assert "train.optimizer='lamb'" in capsys.readouterr().err
+
+
 def test_precise_bn_sets_running_stats_to_the_batch_average_and_keeps_weights():
     torch.manual_seed(0)
     model = nn.Sequential(nn.Conv3d(2, 3, 1), nn.BatchNorm3d(3), nn.ReLU(), nn.Dropout(0.5))
