@@ -18,7 +18,7 @@ from configs import load_config  # noqa: E402
 from pipelines import BackendUnavailable, build_loader, sampling  # noqa: E402
 from pipelines.dali_loader import DaliCodecError, build_dali_loader  # noqa: E402
 from pipelines.dataset import VideoRecord  # noqa: E402
-from pipelines.video_io import numbered_frames, write_video  # noqa: E402
+from pipelines.video_io import codec_suffix, numbered_frames, write_video  # noqa: E402
 
 pytestmark = pytest.mark.dali
 
@@ -41,14 +41,15 @@ def smooth_frames(num_frames: int, height: int, width: int):
         yield frame
 
 
-def _write_set(root: Path, content) -> list[VideoRecord]:
+def _write_set(root: Path, content, codec: str = "vp9") -> list[VideoRecord]:
+    """One lossless video per entry of SHAPES, with known geometry (the records need no probe)."""
     root.mkdir(parents=True, exist_ok=True)
     records = []
     for i, (height, width, frames) in enumerate(SHAPES):
-        path = write_video(root / f"video_{i}.webm", content(frames, height, width), fps=30, codec="vp9",
-                           keyframe_interval=8, lossless=True)
+        path = write_video(root / f"video_{i}{codec_suffix(codec)}", content(frames, height, width), fps=30,
+                           codec=codec, keyframe_interval=8, lossless=True)
         records.append(VideoRecord(path.name, label=i % 3, num_frames=frames, fps=30.0, width=width,
-                                   height=height, codec="vp9"))
+                                   height=height, codec=codec))
     return records
 
 

@@ -5,7 +5,6 @@ and the fp16/bf16 outputs.
 """
 from __future__ import annotations
 
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -16,35 +15,25 @@ pytest.importorskip("nvidia.dali", reason="NVIDIA DALI is not installed")
 from pipelines import sampling  # noqa: E402
 from pipelines.dali_loader import build_dali_loader  # noqa: E402
 from pipelines.dataset import VideoRecord  # noqa: E402
-from pipelines.video_io import numbered_frames, write_video  # noqa: E402
+from pipelines.video_io import numbered_frames  # noqa: E402
 from test_dali_cpu import (ALPHA, DECODER_MAX_LEVELS, DECODER_MEAN_LEVELS, LEVEL, MEAN, SHAPES,  # noqa: E402
-                           STD, T, copies, frame_numbers, make_cfg, smooth_frames)
+                           STD, T, _write_set, copies, frame_numbers, make_cfg,
+                           smooth_frames)
 
 pytestmark = [pytest.mark.gpu, pytest.mark.dali,
               pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (NVDEC)")]
 
 
-def _write_set(root: Path, content) -> list[VideoRecord]:
-    root.mkdir(parents=True, exist_ok=True)
-    records = []
-    for i, (height, width, frames) in enumerate(SHAPES):
-        path = write_video(root / f"video_{i}.mp4", content(frames, height, width), fps=30, codec="h264",
-                           keyframe_interval=8, lossless=True)
-        records.append(VideoRecord(path.name, label=i % 3, num_frames=frames, fps=30.0, width=width,
-                                   height=height, codec="h264"))
-    return records
-
-
 @pytest.fixture(scope="module")
 def numbered(tmp_path_factory):
     root = tmp_path_factory.mktemp("numbered_h264")
-    return root, _write_set(root, lambda n, h, w: numbered_frames(n, h, w))
+    return root, _write_set(root, lambda n, h, w: numbered_frames(n, h, w), codec="h264")
 
 
 @pytest.fixture(scope="module")
 def smooth(tmp_path_factory):
     root = tmp_path_factory.mktemp("smooth_h264")
-    return root, _write_set(root, smooth_frames)
+    return root, _write_set(root, smooth_frames, codec="h264")
 
 
 def gpu_loader(data, split, *overrides, **kwargs):

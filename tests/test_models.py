@@ -2,10 +2,7 @@
 from __future__ import annotations
 
 import dataclasses
-import importlib
 import json
-import sys
-import types
 
 import pytest
 import torch
@@ -14,6 +11,7 @@ import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
 from models import SlowFastArch, create_model, list_models, model_from_arch, register_model
+from pytorchvideo_reference import import_pytorchvideo_slowfast  # tests/pytorchvideo_reference.py
 from models.slowfast import Bottleneck, FuseFastToSlow
 
 CL3D = torch.channels_last_3d
@@ -39,24 +37,6 @@ def one_cpu_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(previous)
-
-
-def import_pytorchvideo_slowfast():
-    """pytorchvideo's reference ``create_slowfast``; its package import wants torchvision (only for RoIAlign,
-    unused here), so a stand-in is installed just for the import when torchvision is absent."""
-    try:
-        importlib.import_module("torchvision.ops")
-        return importlib.import_module("pytorchvideo.models.slowfast").create_slowfast
-    except ImportError:
-        pass
-    fake_tv, fake_ops = types.ModuleType("torchvision"), types.ModuleType("torchvision.ops")
-    fake_ops.RoIAlign = type("RoIAlign", (nn.Module,), {})
-    fake_tv.ops = fake_ops
-    sys.modules["torchvision"], sys.modules["torchvision.ops"] = fake_tv, fake_ops
-    try:
-        return importlib.import_module("pytorchvideo.models.slowfast").create_slowfast
-    finally:
-        del sys.modules["torchvision"], sys.modules["torchvision.ops"]
 
 
 def clips(model, batch=2, slow_frames=2, size=32, memory_format=torch.contiguous_format, seed=0):

@@ -9,12 +9,9 @@ rules, spelled out independently below (from PySlowFast's ``video_model_builder.
 from __future__ import annotations
 
 import dataclasses
-import importlib
 import os
 import pickle
 import re
-import sys
-import types
 
 import numpy as np
 import pytest
@@ -22,6 +19,7 @@ import torch
 import torch.nn as nn
 
 from models import CHECKPOINT_FORMAT, WeightsError, create_model, load_weights
+from pytorchvideo_reference import import_pytorchvideo_slowfast  # tests/pytorchvideo_reference.py
 
 NUM_CLASSES = 10
 # A reduced R50 (all 3-4-6-3 blocks, width 8, beta_inv 4, alpha 4, fusion kernel 5): every naming rule
@@ -36,24 +34,6 @@ def one_cpu_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(previous)
-
-
-def import_pytorchvideo_slowfast():
-    """pytorchvideo's ``create_slowfast``; a torchvision stand-in is installed only for the import when
-    torchvision is absent (pytorchvideo's head module imports RoIAlign, unused here)."""
-    try:
-        importlib.import_module("torchvision.ops")
-        return importlib.import_module("pytorchvideo.models.slowfast").create_slowfast
-    except ImportError:
-        pass
-    fake_tv, fake_ops = types.ModuleType("torchvision"), types.ModuleType("torchvision.ops")
-    fake_ops.RoIAlign = type("RoIAlign", (nn.Module,), {})
-    fake_tv.ops = fake_ops
-    sys.modules["torchvision"], sys.modules["torchvision.ops"] = fake_tv, fake_ops
-    try:
-        return importlib.import_module("pytorchvideo.models.slowfast").create_slowfast
-    finally:
-        del sys.modules["torchvision"], sys.modules["torchvision.ops"]
 
 
 def randomize_(model: nn.Module, seed: int) -> nn.Module:
