@@ -56,6 +56,7 @@ from engine.meters import RunLog, SmoothedValue, format_duration, setup_logging,
 from engine.precise_bn import update_bn_stats
 from pipelines import BackendUnavailable, build_loader
 from pipelines.dataset import DatasetError
+from utils.errors import UserError
 
 log = logging.getLogger("train")
 
@@ -68,7 +69,7 @@ warnings.filterwarnings("ignore", message="Grad strides do not match bucket view
 PRECISIONS = ("bf16", "fp16", "fp32")
 
 
-class TrainingError(RuntimeError):
+class TrainingError(UserError, RuntimeError):
     """Training cannot go on (bad setup or diverged); the message says what happened and what to do."""
 
 

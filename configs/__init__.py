@@ -21,13 +21,15 @@ from typing import Any, Iterable, Mapping
 
 import yaml
 
+from utils.errors import UserError
+
 CONFIG_DIR = Path(__file__).resolve().parent
 DEFAULTS_FILE = CONFIG_DIR / "defaults.yaml"
 # Keys whose value is a free mapping (its sub-keys are checked by the code that consumes it).
 FREE_KEYS = {"model.args"}
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError, ValueError):
     """A configuration file or override that cannot be used; the message says why and how to fix it."""
 
 

@@ -39,13 +39,15 @@ from typing import Any
 import numpy as np
 import torch
 
+from utils.errors import UserError
+
 CHECKPOINT_FORMAT = "slowfast-dali/1"
 LATEST_NAME = "latest.pt"
 BEST_NAME = "best.pt"
 DEFAULT_PREFIX = "SlowFast"
 
 
-class CheckpointError(RuntimeError):
+class CheckpointError(UserError, RuntimeError):
     """A checkpoint that cannot be read or does not fit this run; the message says which and why."""
 
 

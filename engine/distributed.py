@@ -102,17 +102,6 @@ def broadcast_object(obj: Any, src: int = 0) -> Any:
     return box[0]
 
 
-def unwrap_model(model: torch.nn.Module) -> torch.nn.Module:
-    """The bare module under DDP and/or torch.compile wrappers."""
-    while True:
-        if isinstance(model, torch.nn.parallel.DistributedDataParallel):
-            model = model.module
-        elif hasattr(model, "_orig_mod"):
-            model = model._orig_mod
-        else:
-            return model
-
-
 def cleanup() -> None:
     if is_dist():
         dist.destroy_process_group()

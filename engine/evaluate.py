@@ -44,8 +44,8 @@ from engine.meters import format_duration, setup_logging, topk_correct
 from models import create_model, load_weights, model_from_arch
 from pipelines import BackendUnavailable, build_loader
 from pipelines.dataset import DatasetError, VideoRecord, read_class_names
-from pipelines.prepare import ProbeError, probe_video
-from pipelines.video_io import DALI_CPU_CODECS
+from pipelines.probe import ProbeError, probe_video
+from pipelines.codecs import DALI_CPU_CODECS, DALI_GPU_CODECS
 
 LOG = logging.getLogger("slowfast.test")
 TOP_K = 5
@@ -500,10 +500,10 @@ def backend_for(codec: str, cfg: Any, cuda: bool) -> tuple[str, str]:
     """
     if cfg.data.backend == "dali":
         try:
-            from pipelines.dali_loader import GPU_CODECS
+            import pipelines.dali_loader  # noqa: F401  (DALI importable)
         except ImportError:  # DALI missing: PyAV decodes everything
             return "pyav", cfg.data.device
-        if cuda and cfg.data.device == "gpu" and codec in GPU_CODECS:
+        if cuda and cfg.data.device == "gpu" and codec in DALI_GPU_CODECS:
             return "dali", "gpu"
         if codec in DALI_CPU_CODECS:
             return "dali", "cpu"

@@ -23,6 +23,7 @@ import torch
 from torch import nn
 
 from engine import distributed
+from models.registry import unwrap_model
 
 log = logging.getLogger(__name__)
 
@@ -55,7 +56,7 @@ def update_bn_stats(
     Returns:
         The number of batches actually used (0 leaves the statistics untouched).
     """
-    bare = distributed.unwrap_model(model)
+    bare = unwrap_model(model)
     layers = bn_layers(bare)
     if not layers or num_batches <= 0:
         return 0

@@ -6,9 +6,9 @@
 PaddleVideo weights.
 """
 from models import slowfast  # noqa: F401  (registers the SlowFast variants)
-from models.registry import create_model, list_models, model_from_arch, register_model
+from models.registry import create_model, list_models, model_from_arch, register_model, unwrap_model
 from models.slowfast import SlowFast, SlowFastArch
 from models.weights import CHECKPOINT_FORMAT, LoadReport, WeightsError, load_weights
 
-__all__ = ["create_model", "list_models", "model_from_arch", "register_model", "load_weights", "LoadReport",
+__all__ = ["create_model", "list_models", "model_from_arch", "register_model", "unwrap_model", "load_weights", "LoadReport",
            "WeightsError", "CHECKPOINT_FORMAT", "SlowFast", "SlowFastArch"]

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
+import torch
 import torch.nn as nn
 
 _MODELS: dict[str, Callable[..., nn.Module]] = {}
@@ -47,3 +48,14 @@ def model_from_arch(name: str, arch: dict[str, Any]) -> nn.Module:
         arch: every field of its architecture dataclass; lists (from YAML or JSON) stand for tuples.
     """
     return create_model(name, **dict(arch))
+
+
+def unwrap_model(model: torch.nn.Module) -> torch.nn.Module:
+    """The bare module under DDP and/or torch.compile wrappers."""
+    while True:
+        if isinstance(model, torch.nn.parallel.DistributedDataParallel):
+            model = model.module
+        elif hasattr(model, "_orig_mod"):
+            model = model._orig_mod
+        else:
+            return model

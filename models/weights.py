@@ -41,7 +41,8 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from engine.distributed import unwrap_model
+from models.registry import unwrap_model
+from utils.errors import UserError
 
 CHECKPOINT_FORMAT = "slowfast-dali/1"
 _HEAD_PREFIX = "head."
@@ -153,7 +154,7 @@ _CONVERTERS: dict[str, _Converter] = {
 FORMATS = tuple(_CONVERTERS)
 
 
-class WeightsError(ValueError):
+class WeightsError(UserError, ValueError):
     """A weights file cannot be read, is not a known format, or does not fit the model."""
 
 

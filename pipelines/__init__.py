@@ -27,6 +27,8 @@ from __future__ import annotations
 import importlib
 from typing import Any, Callable
 
+from utils.errors import UserError
+
 # backend name -> (module, factory); imported lazily so a missing DALI never breaks the PyAV path.
 _BACKENDS = {
     "pyav": ("pipelines.pyav_loader", "build_pyav_loader"),
@@ -35,7 +37,7 @@ _BACKENDS = {
 SPLITS = ("train", "val", "test")
 
 
-class BackendUnavailable(RuntimeError):
+class BackendUnavailable(UserError, RuntimeError):
     """The configured backend cannot run here; the message names the alternative."""
 
 

@@ -53,13 +53,13 @@ except ImportError as err:  # pipelines.build_loader turns this into BackendUnav
 from pipelines import BackendUnavailable
 from pipelines import sampling
 from pipelines.dataset import DatasetError, VideoRecord, load_records
-from pipelines.video_io import DALI_CPU_CODECS
+from pipelines.codecs import DALI_CPU_CODECS, DALI_GPU_CODECS
 
 log = logging.getLogger(__name__)
 
 # codecs fn.decoders.video(device="mixed") reads (its documentation: VP8, VP9, MJPEG, AV1, MPEG-4, H.264,
 # H.265), under the names PyAV's probe reports
-GPU_CODECS = {"vp8", "vp9", "mjpeg", "av1", "mpeg4", "h264", "hevc", "h265"}
+
 TORCH_DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 LIST_KEYS = {"train": "train_list", "val": "val_list", "test": "test_list"}
 
@@ -452,7 +452,7 @@ def _complete_records(records: list[VideoRecord], root: Path) -> None:
     if not missing:
         return
     try:
-        from pipelines.prepare import ProbeError, probe_video
+        from pipelines.probe import ProbeError, probe_video
     except ImportError as err:
         raise DatasetError(f"{len(missing)} video(s) have no index entry (codec, size, frame count) and "
                            f"pipelines.prepare cannot be imported to probe them ({err}); "
@@ -473,7 +473,7 @@ def _complete_records(records: list[VideoRecord], root: Path) -> None:
 
 
 def _check_codecs(records: list[VideoRecord], root: Path, placement: str) -> None:
-    readable = DALI_CPU_CODECS if placement == "cpu" else GPU_CODECS
+    readable = DALI_CPU_CODECS if placement == "cpu" else DALI_GPU_CODECS
     bad = [r for r in records if r.codec and r.codec.lower() not in readable]
     if not bad:
         return
@@ -485,7 +485,7 @@ def _check_codecs(records: list[VideoRecord], root: Path, placement: str) -> Non
             f"`python -m pipelines.prepare --codec vp9`, or decode on the GPU (-o data.device=gpu), "
             f"or use the PyAV loader (-o data.backend=pyav)")
     raise DaliCodecError(
-        f"data.device=gpu: DALI's video decoder reads {sorted(GPU_CODECS)}, but {len(bad)} video(s) are in "
+        f"data.device=gpu: DALI's video decoder reads {sorted(DALI_GPU_CODECS)}, but {len(bad)} video(s) are in "
         f"other codecs, e.g. {examples}. Transcode them with `python -m pipelines.prepare --codec vp9` "
         f"or use -o data.backend=pyav")
 

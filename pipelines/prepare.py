@@ -30,103 +30,13 @@ from fractions import Fraction
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Optional, Sequence
 
+from pipelines.probe import ProbeError, _rate_of, probe_video
 from pipelines.dataset import DatasetError, VideoRecord, index_path_for, read_list, write_index
-from pipelines.video_io import CODECS, codec_suffix, write_video
+from pipelines.codecs import WRITERS, codec_suffix
+from pipelines.video_io import write_video
 
 VIDEO_SUFFIXES = {".mp4", ".webm", ".mkv", ".avi", ".mov", ".m4v", ".flv", ".mpg", ".mpeg", ".ts", ".3gp"}
 CLASS_NAMES_FILE = "classes.txt"
-
-
-class ProbeError(RuntimeError):
-    """A file that is not a usable video; the message names the file and the reason."""
-
-
-# ----------------------------------------------------------------------------------------------
-# probing
-
-def _rate_of(stream: Any) -> Optional[Fraction]:
-    for rate in (stream.average_rate, stream.guessed_rate, stream.base_rate):
-        if rate:
-            return Fraction(rate)
-    return None
-
-
-def probe_video(path: str | os.PathLike) -> dict[str, Any]:
-    """What a loader needs to know about a video, read from its container and packets.
-
-    The frame count is the number of video packets (one per frame for the codecs used here), found by
-    demuxing without decoding: webm/mkv store no frame count, and the count an mp4 header claims is
-    wrong for a truncated file. The keyframe interval is the longest run of frames between two
-    keyframes (the whole video if it has one keyframe). One frame is decoded to check the codec works.
-
-    Args:
-        path: the video file.
-
-    Returns:
-        dict with ``codec``, ``width``, ``height``, ``fps`` (float, exact for rational rates such as
-        30000/1001), ``num_frames``, ``duration`` (seconds) and ``keyframe_interval``.
-
-    Raises:
-        ProbeError: unreadable, corrupt, empty or audio-only files, or files with no decodable frame.
-    """
-    import av
-
-    path = str(path)
-    if not os.path.isfile(path):
-        raise ProbeError(f"{path!r} does not exist")
-    if os.path.getsize(path) == 0:
-        raise ProbeError(f"{path!r} is empty (0 bytes)")
-    try:
-        container = av.open(path)
-    except (av.FFmpegError, OSError, UnicodeDecodeError, ValueError) as err:
-        raise ProbeError(f"{path!r} cannot be opened as a video: {err}") from None
-    try:
-        if not container.streams.video:
-            kinds = sorted({s.type for s in container.streams}) or ["no streams"]
-            raise ProbeError(f"{path!r} has no video stream (found: {', '.join(kinds)})")
-        stream = container.streams.video[0]
-        codec = stream.codec_context.name
-        width, height = int(stream.codec_context.width), int(stream.codec_context.height)
-        rate = _rate_of(stream)
-        start_pts = stream.start_time
-        num_frames, keyframes, last_pts, last_duration = 0, [], None, 0
-        try:
-            for packet in container.demux(stream):
-                if packet.size == 0 or (packet.pts is None and packet.dts is None):
-                    continue  # the demuxer's flush packet
-                if packet.is_keyframe:
-                    keyframes.append(num_frames)
-                num_frames += 1
-                pts = packet.pts if packet.pts is not None else packet.dts
-                if last_pts is None or pts >= last_pts:
-                    last_pts, last_duration = pts, packet.duration or 0
-        except av.FFmpegError:
-            pass  # a truncated file: keep the packets read so far, the decode check below decides
-        if num_frames == 0:
-            raise ProbeError(f"{path!r} holds no video frames")
-        try:
-            container.seek(start_pts if start_pts is not None else 0, stream=stream, backward=True)
-            first = next(iter(container.decode(stream)), None)
-        except av.FFmpegError as err:
-            raise ProbeError(f"{path!r}: {codec} video cannot be decoded: {err}") from None
-        if first is None:
-            raise ProbeError(f"{path!r}: no frame of the {codec} stream decodes")
-        if not width or not height:
-            width, height = first.width, first.height
-    finally:
-        container.close()
-    time_base = float(stream.time_base) if stream.time_base else 0.0
-    duration = 0.0
-    if last_pts is not None and time_base:
-        duration = (last_pts - (start_pts or 0) + last_duration) * time_base
-    if rate is None or rate <= 0:
-        rate = Fraction(num_frames / duration).limit_denominator(1001) if duration > 0 else Fraction(30)
-    if duration <= 0:
-        duration = num_frames / float(rate)
-    starts = keyframes + [num_frames]
-    keyframe_interval = max(b - a for a, b in zip(starts[:-1], starts[1:])) if keyframes else num_frames
-    return {"codec": codec, "width": width, "height": height, "fps": float(rate), "num_frames": num_frames,
-            "duration": round(duration, 6), "keyframe_interval": int(keyframe_interval)}
 
 
 def _probe_entry(job: tuple[str, str, int]) -> tuple[bool, dict[str, Any]]:
@@ -523,7 +433,7 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--fps", type=float, default=None,
                         help="transcoding: constant output frame rate (default: the source's)")
     parser.add_argument("--keyframe-interval", type=int, default=16, help="transcoding: frames between keyframes")
-    parser.add_argument("--codec", default="h264", choices=sorted(CODECS), help="transcoding: output codec")
+    parser.add_argument("--codec", default="h264", choices=sorted(WRITERS), help="transcoding: output codec")
     parser.add_argument("--quality", type=int, default=None, help="transcoding: CRF (h264/vp9) or qscale (mjpeg)")
     parser.add_argument("--quiet", action="store_true", help="no progress line")
     return parser

@@ -160,7 +160,7 @@ def _default_workers(num_workers: Optional[int]) -> int:
 
 def _probe(path: str) -> tuple[int, float, int, int]:
     """(num_frames, fps, height, width) for a record without an index entry."""
-    from pipelines.prepare import ProbeError, probe_video
+    from pipelines.probe import ProbeError, probe_video
 
     try:
         info = probe_video(path)

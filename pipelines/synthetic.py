@@ -37,7 +37,8 @@ from typing import Any, Optional, Sequence
 import numpy as np
 
 from pipelines.dataset import DatasetError, index_path_for
-from pipelines.video_io import CODECS, codec_suffix, write_video
+from pipelines.codecs import WRITERS, codec_suffix
+from pipelines.video_io import write_video
 
 CLASSES = ("moving_left", "moving_right", "moving_up", "moving_down",
            "rotating_clockwise", "rotating_counterclockwise", "growing", "shrinking")
@@ -386,8 +387,8 @@ def generate_dataset(
         quality = 20
     params.update({"mode": mode, "seed": int(seed), "quality": quality, "generator": GENERATOR_VERSION,
                    "fps": float(params["fps"])})
-    if params["codec"] not in CODECS:
-        raise ValueError(f"codec {params['codec']!r} is unknown; choose one of {sorted(CODECS)}")
+    if params["codec"] not in WRITERS:
+        raise ValueError(f"codec {params['codec']!r} is unknown; choose one of {sorted(WRITERS)}")
     for key in ("width", "height"):
         if params[key] < 16 or params[key] % 2:
             raise ValueError(f"{key} {params[key]} must be an even number >= 16")
@@ -448,7 +449,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--height", type=int, default=None, help="default: 96 (motion), 256 (kinetics)")
     parser.add_argument("--num-frames", type=int, default=None, help="default: 64 (motion), 300 (kinetics)")
     parser.add_argument("--fps", type=float, default=None, help="default: 30")
-    parser.add_argument("--codec", default=None, choices=sorted(CODECS), help="default: vp9 (motion), h264 (kinetics)")
+    parser.add_argument("--codec", default=None, choices=sorted(WRITERS), help="default: vp9 (motion), h264 (kinetics)")
     parser.add_argument("--keyframe-interval", type=int, default=None, help="default: 16 (motion), 250 (kinetics)")
     parser.add_argument("--quality", type=int, default=None, help="encoder CRF / qscale")
     parser.add_argument("--seed", type=int, default=0)

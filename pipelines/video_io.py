@@ -12,26 +12,7 @@ from typing import Iterable, Optional
 
 import numpy as np
 
-# our codec name -> (PyAV encoder, container format, file suffix)
-CODECS = {
-    "vp9": ("libvpx-vp9", "webm", ".webm"),
-    "vp8": ("libvpx", "webm", ".webm"),
-    "h264": ("libx264", "mp4", ".mp4"),
-    "mjpeg": ("mjpeg", "avi", ".avi"),
-}
-# what DALI's CPU decoder reads; everything else needs the GPU (mixed) backend
-DALI_CPU_CODECS = {"vp8", "vp9", "mjpeg"}
-
-
-def codec_suffix(codec: str) -> str:
-    return _codec(codec)[2]
-
-
-def _codec(codec: str) -> tuple[str, str, str]:
-    if codec not in CODECS:
-        raise ValueError(f"codec {codec!r} is not supported for writing; choose one of {sorted(CODECS)}")
-    return CODECS[codec]
-
+from pipelines.codecs import writer
 
 def write_video(
     path: str | os.PathLike,
@@ -55,7 +36,7 @@ def write_video(
     """
     import av
 
-    encoder, fmt, _ = _codec(codec)
+    encoder, fmt, _ = writer(codec)
     path = Path(path)
     tmp = path.with_name(f".{path.stem}.tmp{path.suffix}")
     rate = fps if isinstance(fps, Fraction) else Fraction(fps).limit_denominator(1001)

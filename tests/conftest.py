@@ -15,7 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from pipelines.video_io import codec_suffix, numbered_frames, write_video
+from pipelines.codecs import codec_suffix
+from pipelines.video_io import numbered_frames, write_video
 
 NUMBERED_HEIGHT, NUMBERED_WIDTH = 48, 64
 

@@ -18,7 +18,8 @@ from configs import load_config  # noqa: E402
 from pipelines import BackendUnavailable, build_loader, sampling  # noqa: E402
 from pipelines.dali_loader import DaliCodecError, build_dali_loader  # noqa: E402
 from pipelines.dataset import VideoRecord  # noqa: E402
-from pipelines.video_io import codec_suffix, numbered_frames, write_video  # noqa: E402
+from pipelines.codecs import codec_suffix  # noqa: E402
+from pipelines.video_io import numbered_frames, write_video  # noqa: E402
 
 pytestmark = pytest.mark.dali
 

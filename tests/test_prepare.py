@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 
 from pipelines.dataset import index_path_for, read_index
-from pipelines.prepare import ProbeError, bad_report_path, index_list, lists_from_tree, probe_video
+from pipelines.prepare import bad_report_path, index_list, lists_from_tree
+from pipelines.probe import ProbeError, probe_video
 from pipelines.pyav_loader import decode_frames
 from pipelines.video_io import frame_number, numbered_frames, write_video
 
