@@ -1,8 +1,12 @@
 """Configuration: YAML recipes under ``configs/``, ``-c FILE`` and repeated ``-o key.sub=value``.
 
 ``configs/defaults.yaml`` lists every key with its default. A recipe may set only keys that exist
-there; an unknown key is an error that names the closest valid key. The resolved configuration is
-saved next to every output (:func:`save_config`).
+there; an unknown key is an error that names the closest valid key. Every value is then checked against
+``configs/schema.py`` (type, range, allowed values), so a bad value fails here, before any data or model
+is touched. The resolved configuration is saved next to every output (:func:`save_config`).
+
+Values are YAML, read with :class:`ConfigLoader`: ``1e-3`` is the float 0.001 (plain YAML 1.1 reads it as
+a string), and ``-o data.train_short_side=256,320`` is the list ``[256, 320]`` for the schema's list keys.
 
 Example::
 
@@ -15,22 +19,50 @@ import argparse
 import copy
 import difflib
 import os
-import tempfile
+import re
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
 import yaml
 
-from utils.errors import UserError
+from configs.schema import ConfigError, parse_list_override, validate
+from utils.atomic import write_text
 
 CONFIG_DIR = Path(__file__).resolve().parent
 DEFAULTS_FILE = CONFIG_DIR / "defaults.yaml"
 # Keys whose value is a free mapping (its sub-keys are checked by the code that consumes it).
 FREE_KEYS = {"model.args"}
 
+__all__ = ["Config", "ConfigError", "ConfigLoader", "load_config", "default_config", "save_config",
+           "add_config_args", "config_from_args", "FREE_KEYS", "CONFIG_DIR", "DEFAULTS_FILE"]
 
-class ConfigError(UserError, ValueError):
-    """A configuration file or override that cannot be used; the message says why and how to fix it."""
+
+class ConfigLoader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` whose floats also match without a dot (``1e-3``, ``5E4``, ``-2e+1``).
+
+    NOTE: PyYAML follows YAML 1.1, where a float needs a dot: ``yaml.safe_load("1e-3")`` is the string
+    ``'1e-3'``, and ``base_lr: 1e-3`` would then fail validation as a string.
+    """
+
+
+ConfigLoader.yaml_implicit_resolvers = {
+    first: [(tag, regexp) for tag, regexp in resolvers if tag != "tag:yaml.org,2002:float"]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+ConfigLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"""^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+]?[0-9]+)?
+                   |[-+]?(?:[0-9][0-9_]*)(?:[eE][-+]?[0-9]+)
+                   |[-+]?\.[0-9][0-9_]*(?:[eE][-+]?[0-9]+)?
+                   |[-+]?[0-9][0-9_]*(?::[0-5]?[0-9])+\.[0-9_]*
+                   |[-+]?\.(?:inf|Inf|INF)
+                   |\.(?:nan|NaN|NAN))$""", re.X),
+    list("-+0123456789."),
+)
+
+
+def _yaml_load(text: str) -> Any:
+    return yaml.load(text, Loader=ConfigLoader)  # noqa: S506 - a SafeLoader subclass
 
 
 class Config(dict):
@@ -98,13 +130,33 @@ def _merge(base: dict, update: Mapping, source: str, prefix: str = "") -> None:
             base[key] = value
 
 
+def _yaml_problem(err: yaml.YAMLError) -> str:
+    """One line for a YAML error (PyYAML's own message spans several lines)."""
+    mark = getattr(err, "problem_mark", None)
+    problem = getattr(err, "problem", None)
+    if mark is not None and problem:
+        return f"line {mark.line + 1}, column {mark.column + 1}: {problem}"
+    return " ".join(str(err).split())
+
+
 def _read_yaml(path: Path) -> dict:
     if not path.is_file():
         raise ConfigError(f"config file {str(path)!r} does not exist; recipes live under {CONFIG_DIR}")
     try:
-        data = yaml.safe_load(path.read_text())
+        raw = path.read_bytes()
+    except OSError as err:
+        raise ConfigError(f"config file {str(path)!r} cannot be read ({err.strerror}); check its permissions") from None
+    try:
+        text = raw.decode("utf-8-sig")  # a UTF-8 byte-order mark is harmless; other encodings are not YAML here
+    except UnicodeDecodeError as err:
+        raise ConfigError(f"config file {str(path)!r} is not UTF-8 text (byte {raw[err.start]:#04x} at offset "
+                          f"{err.start}; a binary file or another encoding such as UTF-16); save it as UTF-8 "
+                          f"YAML") from None
+    try:
+        data = _yaml_load(text)
     except yaml.YAMLError as err:
-        raise ConfigError(f"config file {str(path)!r} is not valid YAML: {err}") from None
+        raise ConfigError(f"config file {str(path)!r} is not valid YAML ({_yaml_problem(err)}); fix the file "
+                          f"(a recipe is a mapping such as 'train: {{epochs: 10}}')") from None
     if data is None:
         return {}
     if not isinstance(data, dict):
@@ -120,10 +172,19 @@ def _parse_override(text: str) -> tuple[str, Any]:
     if not key:
         raise ConfigError(f"override {text!r} has no key; use key.sub=value")
     try:
-        value = yaml.safe_load(raw) if raw.strip() else None
+        value = _yaml_load(raw) if raw.strip() else None
     except yaml.YAMLError:
         value = raw
+    if isinstance(value, str):  # `-o data.train_short_side=256,320` for the schema's list keys
+        value = parse_list_override(key, value, _parse_item)
     return key, value
+
+
+def _parse_item(text: str) -> Any:
+    try:
+        return _yaml_load(text) if text else None
+    except yaml.YAMLError:
+        return text
 
 
 def _nest(dotted: str, value: Any) -> dict:
@@ -134,11 +195,20 @@ def _nest(dotted: str, value: Any) -> dict:
 
 
 def default_config() -> Config:
+    """The defaults of ``configs/defaults.yaml`` (not validated: :func:`load_config` checks the merged result)."""
     return Config(_read_yaml(DEFAULTS_FILE))
 
 
 def load_config(path: str | os.PathLike | None = None, overrides: Iterable[str] = ()) -> Config:
-    """Defaults, then the recipe at ``path`` (its ``_base_`` chain first), then ``key=value`` overrides."""
+    """Defaults, then the recipe at ``path`` (its ``_base_`` chain first), then ``key=value`` overrides.
+
+    Args:
+        path: a YAML recipe, or None for the defaults alone.
+        overrides: ``key.sub=value`` strings, applied in order (values are YAML).
+
+    Raises:
+        ConfigError: an unreadable file, an unknown key, or a value the schema (``configs/schema.py``) rejects.
+    """
     cfg = default_config().to_dict()
     if path is not None:
         for layer_path, layer in _recipe_chain(Path(path)):
@@ -146,6 +216,7 @@ def load_config(path: str | os.PathLike | None = None, overrides: Iterable[str] 
     for text in overrides:
         key, value = _parse_override(text)
         _merge(cfg, _nest(key, value), f"override {text!r}")
+    validate(cfg)
     return Config(cfg)
 
 
@@ -162,16 +233,8 @@ def _recipe_chain(path: Path, seen: tuple = ()) -> list[tuple[Path, dict]]:
 
 def save_config(cfg: Mapping, directory: str | os.PathLike, name: str = "config.yaml") -> Path:
     """Write the resolved configuration into ``directory`` atomically; returns the file's path."""
-    directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
-    target = directory / name
-    data = cfg.to_dict() if isinstance(cfg, Config) else dict(cfg)
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{name}.", suffix=".tmp")
-    with os.fdopen(fd, "w") as handle:
-        yaml.safe_dump(data, handle, sort_keys=False)
-    os.chmod(tmp, 0o644)  # mkstemp creates 0600; the config is meant to be read by others
-    os.replace(tmp, target)
-    return target
+    data = Config(cfg).to_dict()  # plain dicts, which yaml.safe_dump can represent
+    return write_text(Path(directory) / name, yaml.safe_dump(data, sort_keys=False))
 
 
 def add_config_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
