@@ -1,6 +1,6 @@
 """How video reaches the model: one contract, several backends.
 
-``build_loader(cfg, split, rank=0, world_size=1, alpha=8)`` returns an iterable loader for
+``build_loader(cfg, split, rank=0, world_size=1, alpha=8, records=None)`` returns an iterable loader for
 ``split`` in ``{"train", "val", "test"}``; ``cfg.data.backend`` picks the backend:
 
 - ``pyav``: PyAV decoding in torch DataLoader workers, CPU transforms (the baseline, and the fallback
@@ -8,24 +8,15 @@
 - ``dali``: NVIDIA DALI, decoding on the GPU (``data.device=gpu``, NVDEC through the mixed backend)
   or on the CPU (``data.device=cpu``: VP8/VP9/MJPEG only), ``pipelines/dali_loader.py``.
 
-Every loader yields ``([slow, fast], labels, video_index)``:
-
-- train/val: ``fast`` is (N, C, T, H, W), ``slow`` is (N, C, T // alpha, H, W); ``labels`` and
-  ``video_index`` are (N,) int64. ``video_index`` indexes ``loader.records``; ``-1`` marks a padding sample
-  (present only so every rank runs the same number of steps) that metrics must drop.
-- test: each batch holds N videos x V views (V = num_clips x num_crops), flattened video-major and,
-  within a video, clip-major (view ``v = clip * num_crops + crop``): ``fast`` is (N * V, C, T, H, W);
-  ``labels`` and ``video_index`` are (N,).
-
-Loaders expose ``len(loader)`` (batches per epoch), ``set_epoch(epoch)``, ``records`` (the
-:class:`pipelines.dataset.VideoRecord` list) and ``failures`` (dicts with ``index``, ``path``,
-``error`` for every video that failed to decode; training replaces such a video, testing leaves it out
-and reports it).
+The contract is code: every loader is a :class:`pipelines.base.VideoLoader` (read its module docstring for
+what a batch ``([slow, fast], labels, video_index)`` holds, ``len``, ``set_epoch``, sharding, eval padding
+marked ``video_index == -1``, the replacement rule for undecodable videos, ``records``, ``failures`` and
+``epoch_failures``), and ``tests/test_loader_contract.py`` runs every backend through the same assertions.
 """
 from __future__ import annotations
 
 import importlib
-from typing import Any, Callable
+from typing import Any, Callable, Optional
 
 from utils.errors import UserError
 
@@ -66,8 +57,19 @@ def available_backends() -> dict[str, str]:
     return status
 
 
-def build_loader(cfg: Any, split: str, *, rank: int = 0, world_size: int = 1, alpha: int = 8, **kwargs: Any):
-    """The loader for ``split`` under ``cfg`` (see the module docstring for the contract)."""
+def build_loader(cfg: Any, split: str, *, rank: int = 0, world_size: int = 1, alpha: int = 8,
+                 records: Optional[list] = None, **kwargs: Any):
+    """The loader for ``split`` under ``cfg``: a :class:`pipelines.base.VideoLoader` of ``cfg.data.backend``.
+
+    Args:
+        cfg: the resolved configuration.
+        split: ``train``, ``val`` or ``test``.
+        rank, world_size: this process's shard.
+        alpha: the SlowFast speed ratio (the slow pathway's frames).
+        records: the videos (default: the split's list, with its index when present).
+        **kwargs: backend options (DALI: ``decode_per_view``).
+    """
     if split not in SPLITS:
         raise ValueError(f"split={split!r} is unknown; choose one of {SPLITS}")
-    return _factory(cfg.data.backend)(cfg, split, rank=rank, world_size=world_size, alpha=alpha, **kwargs)
+    return _factory(cfg.data.backend)(cfg, split, rank=rank, world_size=world_size, alpha=alpha, records=records,
+                                      **kwargs)

@@ -1,16 +1,16 @@
 """DALI loader: clips decoded on the GPU (NVDEC) or by DALI's CPU decoder, straight into a SlowFast batch.
 
-Implements the loader contract of :mod:`pipelines` (``([slow, fast], labels, video_index)``, ``len``,
-``set_epoch``, ``records``, ``failures``) with the graphs of :mod:`pipelines.dali_pipelines`.
+The contract (what a batch holds, shards, epochs, clip planning, padding, the replacement of an undecodable
+video, failures, probing of unindexed lists) is :class:`pipelines.base.VideoLoader`'s; this module decodes
+and transforms the planned clips with the graphs of :mod:`pipelines.dali_pipelines`.
 
 How the parameters flow:
 
-1. Python plans the epoch: :func:`pipelines.sampling.shard_indices` gives this rank's videos, and for each
-   video :func:`~pipelines.sampling.clip_rng` (seed, epoch, video index) draws the frame indices first and
-   then the spatial parameters (``train_clip_indices`` then ``train_spatial_params`` on the same stream),
-   exactly as the PyAV baseline does, so both backends deliver the same clips for the same seed.
-2. Per batch, the external source's callback reads the encoded files (``numpy.fromfile``, on a thread
-   pool) and hands DALI one sample per clip: bytes, frame indices, resized size, crop corner, flip.
+1. The base plans the epoch (``epoch_batches``: this rank's shard, each video's frame indices and crops from
+   ``pipelines.sampling``), exactly as for the PyAV baseline, so both backends deliver the same clips.
+2. Per batch, the external source's callback resolves each slot (``resolve``: known-bad videos replaced or
+   left out), reads the encoded files (``numpy.fromfile``, on a thread pool) and hands DALI one sample per
+   clip: bytes, frame indices, resized size, crop corner, flip.
 3. DALI decodes all samples of the batch concurrently, resizes, crops, flips and normalises on the
    device, and emits (N, T, H, W, C). That buffer is taken by torch through DLPack without a copy and
    handed out as ``permute(0, 4, 1, 2, 3)``: an (N, C, T, H, W) view in ``torch.channels_last_3d``.
@@ -20,19 +20,20 @@ the GIL; worker processes would add a copy of every encoded file through shared 
 the training process, for no gain. The expensive part, decoding, already runs concurrently inside DALI.
 
 Faults: an unreadable file is caught when its bytes are read; a file DALI cannot decode makes the whole
-batch fail, so the batch's videos are then decoded one by one in a fresh pipeline to find the bad ones.
-Bad videos are recorded in ``failures`` (index, path, error) and logged; training replaces each by the
-next good video of the epoch's order (with that video's label and its own random clip),
-validation shows another video's frames as a padding sample (``video_index == -1``), test leaves it
-out of the batch (a test batch may be smaller; one whose every video failed is skipped), as the PyAV
-loader does. The run goes on.
+batch fail, so the batch's videos are then decoded one by one in a fresh pipeline to find the bad ones, and
+the pipeline restarts at that batch, where ``resolve`` now replaces them. DALI decodes from memory, so its
+error never names the file, and a corrupt file and a decoder that cannot run (no libnvcuvid, an unsupported
+codec, profile or size) give the same kind of message. A video that fails alone is therefore checked with
+PyAV (:func:`pipelines.probe.probe_video`): if PyAV cannot read it, the file is bad; if PyAV reads it, the
+failure counts towards :class:`DaliDecoderUnavailable`, raised at once for a message that names the decoder's
+environment or limits, or when the same message (paths stripped) comes from ``_SAME_ERROR_LIMIT`` sound
+videos in a row within an epoch. The run then stops with that one error instead of condemning the dataset.
 """
 from __future__ import annotations
 
 import collections
-import dataclasses
 import logging
-import os
+import re
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -51,33 +52,46 @@ except ImportError as err:  # pipelines.build_loader turns this into BackendUnav
                       f"(nvidia-dali-cuda130 on CUDA 13), or use -o data.backend=pyav") from err
 
 from pipelines import BackendUnavailable
-from pipelines import sampling
+from pipelines.base import SPLITS, ClipPlan, LoaderSettings, VideoLoader
+from pipelines.codecs import DALI_CPU_CODECS, DALI_GPU_CODECS, dali_reads
 from pipelines.dataset import DatasetError, VideoRecord, load_records
-from pipelines.codecs import DALI_CPU_CODECS, DALI_GPU_CODECS
+from pipelines.probe import ProbeError, probe_video
+from utils.cpus import worker_count
 
 log = logging.getLogger(__name__)
 
-# codecs fn.decoders.video(device="mixed") reads (its documentation: VP8, VP9, MJPEG, AV1, MPEG-4, H.264,
-# H.265), under the names PyAV's probe reports
-
 TORCH_DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
-LIST_KEYS = {"train": "train_list", "val": "val_list", "test": "test_list"}
+LIST_KEYS = {split: f"{split}_list" for split in SPLITS}
+
+# sound videos (PyAV reads them) failing in DALI with the same message, in a row, before the run stops
+_SAME_ERROR_LIMIT = 3
+# messages about the decoder's environment or limits rather than a file's content
+_ENVIRONMENT_ERRORS = re.compile(
+    r"nvcuvid|libcuda|cuda[ _]?(driver|error)|cudaerror|nvml|no cuda|out of memory|not supported|unsupported|"
+    r"(below|smaller than|less than) the minimum|minimum (supported )?(size|width|height)", re.IGNORECASE)
 
 
 class DaliCodecError(DatasetError):
     """Videos whose codec the chosen DALI placement cannot decode."""
 
 
-@dataclass
-class _Unit:
-    """One video of a batch: what is reported and what is decoded."""
+class DaliDecoderUnavailable(BackendUnavailable):
+    """DALI's decoder fails on sound videos: its environment or limits are at fault, not the files."""
 
-    video_index: int                 # reported; -1 for a padding sample
-    record_index: int                # decoded (the video itself, a replacement or a padding source)
-    label: int
-    clips: np.ndarray                # (num_clips, T) source frame indices
-    crops: list                      # SpatialParams, one per crop
-    encoded: Optional[np.ndarray] = field(default=None, repr=False)
+
+def error_signature(message: str) -> str:
+    """A DALI error message without what varies from file to file (paths, quoted names, addresses)."""
+    message = re.sub(r"(['\"]).*?\1", "<name>", message)
+    message = re.sub(r"\S*/\S*", "<path>", message)
+    return re.sub(r"0x[0-9a-fA-F]+", "<addr>", message).strip()
+
+
+@dataclass
+class _Sample:
+    """One slot of a batch, resolved, with its encoded bytes."""
+
+    plan: ClipPlan
+    encoded: np.ndarray = field(repr=False)
 
 
 class _Feeder:
@@ -85,21 +99,21 @@ class _Feeder:
 
     def __init__(self, loader: "DaliVideoLoader") -> None:
         self.loader = loader
-        self.batches: list[list[_Unit]] = []
+        self.batches: list[list[ClipPlan]] = []
         self.position = 0
-        self.in_flight: collections.deque = collections.deque()  # prepared units, oldest first
+        self.in_flight: collections.deque = collections.deque()  # prepared samples, oldest first
 
-    def start(self, batches: list[list[_Unit]], position: int) -> None:
+    def start(self, batches: list[list[ClipPlan]], position: int) -> None:
         self.batches, self.position = batches, position
         self.in_flight.clear()
 
     def __call__(self) -> tuple:
         while self.position < len(self.batches):
-            units = self.loader._prepare(self.batches[self.position])
+            samples = self.loader._prepare(self.batches[self.position])
             self.position += 1
-            self.in_flight.append(units)
-            if units:  # a batch whose every video is known bad comes out empty, DALI never sees it
-                return self.loader._dali_inputs(units)
+            self.in_flight.append(samples)
+            if samples:  # a test batch whose every video is known bad comes out empty, DALI never sees it
+                return self.loader._dali_inputs(samples)
         raise StopIteration
 
 
@@ -116,75 +130,59 @@ class _OneBatch:
         return inputs
 
 
-class DaliVideoLoader:
-    """Batches of SlowFast clips decoded and augmented by DALI (see the module docstring)."""
+class DaliVideoLoader(VideoLoader):
+    """Batches of SlowFast clips decoded and augmented by DALI (see the module docstring).
+
+    Args:
+        cfg: resolved configuration (``data.*``, ``test.*``, ``model.channels_last``).
+        split: ``train``, ``val`` or ``test``.
+        rank, world_size, alpha: as :class:`pipelines.base.VideoLoader`.
+        records: the split's videos.
+        decode_per_view: test only; decode every (clip, crop) view separately instead of each video once.
+    """
+
+    needs_codec = True
 
     def __init__(self, cfg: Any, split: str, *, rank: int, world_size: int, alpha: int,
                  records: list[VideoRecord], decode_per_view: bool = False) -> None:
         data = cfg.data
-        self.split = split
-        self.records = records
-        self.failures: list[dict] = []
-        self.rank, self.world_size, self.alpha = int(rank), int(world_size), int(alpha)
-        self.root = Path(data.root)
         self.placement = str(data.device)
-        self.seed = int(data.seed)
-        self.num_frames = int(data.num_frames)
-        self.sampling_rate = int(data.sampling_rate)
-        self.target_fps = float(data.target_fps)
-        self.channels_last = bool(cfg.model.channels_last)
-        self.decode_once = split == "test" and not decode_per_view
-        self.slow_positions = sampling.slow_indices(self.num_frames, self.alpha)
-        if split == "test":
-            self.num_clips, self.num_crops = int(cfg.test.num_clips), int(cfg.test.num_crops)
-            self.videos_per_batch, self.crop = int(cfg.test.batch_size), int(data.test_crop)
-        else:
-            self.num_clips, self.num_crops = 1, 1
-            self.videos_per_batch = int(data.batch_size)
-            self.crop = int(data.train_crop if split == "train" else data.val_crop)
-        if self.videos_per_batch < 1:
-            raise ValueError(f"batch size {self.videos_per_batch} must be >= 1")
-        self.views = self.num_clips * self.num_crops
-        self._short_side_range = tuple(int(v) for v in data.train_short_side)
-        self._train_flip = bool(data.train_flip)
-        self._test_short_side = int(data.test_short_side)
-        self._mean, self._std = [float(m) for m in data.mean], [float(s) for s in data.std]
+        if self.placement not in ("gpu", "cpu"):
+            raise ValueError(f"data.device={self.placement!r} is unknown; "
+                             f"choose gpu (NVDEC) or cpu (DALI CPU decoder)")
+        if self.placement == "gpu" and not torch.cuda.is_available():
+            raise BackendUnavailable(
+                "data.device=gpu needs a CUDA GPU, and torch sees none; "
+                "use -o data.device=cpu (DALI's CPU decoder, "
+                "VP8/VP9/MJPEG data: `python -m pipelines.prepare --codec vp9`) or -o data.backend=pyav")
         # CPU placement always emits float32 (the model runs on the CPU in fp32 or autocasts itself)
         self._dtype_name = str(data.dtype) if self.placement == "gpu" else "fp32"
         if self._dtype_name not in TORCH_DTYPES:
-            raise ValueError(f"data.dtype={self._dtype_name!r} is unknown; "
-                             f"choose one of {sorted(TORCH_DTYPES)}")
+            raise ValueError(f"data.dtype={self._dtype_name!r} is unknown; choose one of {sorted(TORCH_DTYPES)}")
+        super().__init__(records, data.root, split, settings=LoaderSettings.from_config(cfg), rank=rank,
+                         world_size=world_size, alpha=alpha)
+        _check_codecs([r for i, r in enumerate(self.records) if not self.is_bad(i)], self.root, self.placement)
         self.dtype = TORCH_DTYPES[self._dtype_name]
+        self.decode_once = split == "test" and not decode_per_view
         if self.placement == "gpu":
             self.device_id = torch.cuda.current_device()
             self.device = torch.device("cuda", self.device_id)
         else:
             self.device_id, self.device = None, torch.device("cpu")
-        self.num_threads = int(data.num_workers or len(os.sched_getaffinity(0)))
-        self.prefetch = max(int(data.prefetch), 1)
-        self._bad: set[int] = set()
-        self._epoch = 0
-        self._planned_epoch = 0
-        self._order: list[int] = []
-        self._readers = ThreadPoolExecutor(max_workers=min(8, self.num_threads),
-                                           thread_name_prefix="dali-read")
+        self.num_threads = max(worker_count(self.settings.num_workers), 1)
+        self.prefetch = self.settings.prefetch
+        self._readers = ThreadPoolExecutor(max_workers=min(8, self.num_threads), thread_name_prefix="dali-read")
         self._feeder = _Feeder(self)
         self._pipe = None               # reused across epochs while it ends each epoch cleanly
         self._previous_output = None    # see _to_torch: keeps the last batch's DALI buffers alive
+        self._streak: list[int] = []    # sound videos failing in DALI in a row with the same message
+        self._streak_signature: Optional[str] = None
 
-    # ---------------------------------------------------------------- contract
-    def __len__(self) -> int:
-        shard = len(self._shard(0))
-        if self.split == "train":
-            return shard // self.videos_per_batch  # full batches only (PySlowFast's drop_last)
-        return -(-shard // self.videos_per_batch)
-
-    def set_epoch(self, epoch: int) -> None:
-        """Select the epoch whose shard order and random clips the next iteration delivers."""
-        self._epoch = int(epoch)
-
+    # ---------------------------------------------------------------- iteration
     def __iter__(self) -> Iterator[tuple[list[torch.Tensor], torch.Tensor, torch.Tensor]]:
-        batches = self._plan(self._epoch)
+        self.begin_epoch()
+        self._streak, self._streak_signature = [], None  # counts within an epoch
+        batches = self.epoch_batches()
         feeder = self._feeder
         feeder.start(batches, 0)
         if self._pipe is None:
@@ -199,6 +197,7 @@ class DaliVideoLoader:
                 except RuntimeError as err:
                     self._recover(err, batches)
                     continue
+                self._streak, self._streak_signature = [], None  # DALI decodes: it is not the environment
                 while not feeder.in_flight[0]:  # test batches whose every video failed: skipped
                     feeder.in_flight.popleft()
                 yield self._to_batch(feeder.in_flight.popleft(), output)
@@ -210,73 +209,15 @@ class DaliVideoLoader:
             else:  # abandoned mid-epoch (or an error): batches are in flight, start afresh next time
                 self._pipe = None
 
-    # ---------------------------------------------------------------- planning
-    def _shard(self, epoch: int) -> np.ndarray:
-        train = self.split == "train"
-        return sampling.shard_indices(len(self.records), self.rank, self.world_size, shuffle=train,
-                                      seed=self.seed, epoch=epoch, pad=not train)
-
-    def _plan(self, epoch: int) -> list[list[_Unit]]:
-        shard = self._shard(epoch)
-        self._planned_epoch = epoch
-        self._order = [int(i) for i in shard if i >= 0]  # replacement candidates, in epoch order
-        # a padding sample shows video 0, as in the PyAV loader
-        units = [self._plan_unit(int(i), epoch) for i in shard]
-        size = self.videos_per_batch
-        batches = [units[i:i + size] for i in range(0, len(units), size)]
-        return batches[: len(self)]
-
-    def _plan_unit(self, video_index: int, epoch: int) -> _Unit:
-        record_index = video_index if video_index >= 0 else 0
-        record = self.records[record_index]
-        timing = dict(num_frames=self.num_frames, sampling_rate=self.sampling_rate,
-                      target_fps=self.target_fps)
-        if self.split == "train":
-            rng = sampling.clip_rng(self.seed, epoch, record_index)
-            clips = sampling.train_clip_indices(record.num_frames, record.fps, rng, **timing)[None]
-            crops = [sampling.train_spatial_params(record.height, record.width, rng,
-                                                   self._short_side_range, self.crop, self._train_flip)]
-        elif self.split == "val":
-            clips = sampling.val_clip_indices(record.num_frames, record.fps, **timing)[None]
-            crops = [sampling.val_spatial_params(record.height, record.width, self._test_short_side,
-                                                 self.crop)]
-        else:
-            clips = sampling.test_clip_indices(record.num_frames, record.fps, self.num_clips, **timing)
-            crops = sampling.test_spatial_params(record.height, record.width, self._test_short_side,
-                                                 self.crop, self.num_crops)
-        return _Unit(video_index, record_index, int(record.label), clips, crops)
-
     def _max_samples(self) -> int:
-        return self.videos_per_batch * (1 if self.decode_once else self.views)
+        return self.batch_size * (1 if self.decode_once else self.views)
 
     # ---------------------------------------------------------------- feeding DALI
-    def _path(self, record_index: int) -> Path:
-        return self.root / self.records[record_index].path
-
     def _read(self, record_index: int) -> np.ndarray:
-        encoded = np.fromfile(self._path(record_index), dtype=np.uint8)
+        encoded = np.fromfile(self.path(record_index), dtype=np.uint8)
         if encoded.size == 0:
             raise OSError("the file is empty")
         return encoded
-
-    def _prepare(self, units: list[_Unit]) -> list[_Unit]:
-        """The batch with its bytes read; known-bad videos replaced (train, padding) or dropped."""
-        # copies: the plan keeps no encoded bytes, so an epoch's files are not all held in memory
-        units = [dataclasses.replace(u) for u in units]
-        while True:
-            units = [self._substitute(u) for u in units]
-            units = [u for u in units if u is not None]
-            pending = [u for u in units if u.encoded is None]
-            results = list(self._readers.map(self._read_or_error, [u.record_index for u in pending]))
-            unreadable = False
-            for unit, (encoded, error) in zip(pending, results):
-                if error is None:
-                    unit.encoded = encoded
-                else:
-                    self._mark_bad(unit.record_index, f"cannot read: {error}")
-                    unreadable = True
-            if not unreadable:
-                return units
 
     def _read_or_error(self, record_index: int) -> tuple[Optional[np.ndarray], Optional[str]]:
         try:
@@ -284,40 +225,35 @@ class DaliVideoLoader:
         except OSError as err:
             return None, str(err)
 
-    def _substitute(self, unit: _Unit) -> Optional[_Unit]:
-        if unit.record_index not in self._bad:
-            return unit
-        if self.split == "test" and unit.video_index >= 0:
-            return None  # test leaves a failed video out (it is in failures)
-        start = self._order.index(unit.record_index) if unit.record_index in self._order else -1
-        for step in range(1, len(self._order) + 1):
-            candidate = self._order[(start + step) % len(self._order)]
-            if candidate not in self._bad:
-                replacement = self._plan_unit(candidate, self._planned_epoch)
-                if self.split != "train":
-                    # validation keeps its batch shape: another video's frames stand in as a padding
-                    # sample, which the metrics drop (as in the PyAV loader)
-                    replacement.video_index = -1
-                return replacement
-        raise DatasetError(f"every video of this rank's shard failed to decode (first failure: "
-                           f"{self.failures[0] if self.failures else 'none'}); check data.root and the files")
+    def _prepare(self, planned: list[ClipPlan]) -> list[_Sample]:
+        """A planned batch resolved (known-bad videos replaced or left out) with its bytes read."""
+        while True:
+            met: list[int] = []
+            plans = [plan for plan in (self.resolve(p, met=met) for p in planned) if plan is not None]
+            self.note_met(met)
+            results = list(self._readers.map(self._read_or_error, [p.record_index for p in plans]))
+            unreadable = [(p, error) for p, (_, error) in zip(plans, results) if error is not None]
+            for plan, error in unreadable:
+                self.mark_bad(plan.record_index, f"cannot read: {error}")
+            if not unreadable:  # else resolve again: the unreadable ones are now known bad
+                return [_Sample(plan, encoded) for plan, (encoded, _) in zip(plans, results)]
 
-    def _dali_inputs(self, units: list[_Unit]) -> tuple:
+    def _dali_inputs(self, samples: list[_Sample]) -> tuple:
         """Per-sample lists in the order of dali_pipelines.CLIP_INPUTS / VIDEO_INPUTS."""
         if self.decode_once:
             columns = {name: [] for name in VIDEO_INPUTS}
-            for unit in units:
-                params = unit.crops[0]  # test crops share one resized size
-                columns["encoded"].append(unit.encoded)
-                columns["frames"].append(np.unique(unit.clips).astype(np.int32))
+            for sample in samples:
+                params = sample.plan.crops[0]  # test crops share one resized size
+                columns["encoded"].append(sample.encoded)
+                columns["frames"].append(np.unique(sample.plan.clips).astype(np.int32))
                 columns["resize_h"].append(np.float32(params.resize_h))
                 columns["resize_w"].append(np.float32(params.resize_w))
             return tuple(columns[name] for name in VIDEO_INPUTS)
         columns = {name: [] for name in CLIP_INPUTS}
-        for unit in units:
-            for clip in unit.clips:           # clip-major: view = clip * num_crops + crop
-                for params in unit.crops:
-                    columns["encoded"].append(unit.encoded)
+        for sample in samples:
+            for clip in sample.plan.clips:         # clip-major: view = clip * num_crops + crop
+                for params in sample.plan.crops:
+                    columns["encoded"].append(sample.encoded)
                     columns["frames"].append(clip.astype(np.int32))
                     columns["resize_h"].append(np.float32(params.resize_h))
                     columns["resize_w"].append(np.float32(params.resize_w))
@@ -329,59 +265,83 @@ class DaliVideoLoader:
     def _new_pipeline(self, source, max_samples: int):
         return build_video_pipeline(
             source, placement=self.placement, batch_size=max_samples, num_threads=self.num_threads,
-            device_id=self.device_id, prefetch=self.prefetch, mean=self._mean, std=self._std,
+            device_id=self.device_id, prefetch=self.prefetch, mean=self.settings.mean, std=self.settings.std,
             output_type=DALI_OUTPUT_TYPES[self._dtype_name], cut_clips=not self.decode_once)
 
     # ---------------------------------------------------------------- faults
-    def _mark_bad(self, record_index: int, error: str) -> None:
-        if record_index in self._bad:
-            return
-        self._bad.add(record_index)
-        self.failures.append({"index": record_index, "path": self.records[record_index].path, "error": error})
-        action = {"train": "replaced by another video", "val": "replaced by a padding sample",
-                  "test": "left out of the evaluation"}[self.split]
-        log.warning("video %s failed to decode (%s); %s [%d failure(s) so far]",
-                    self._path(record_index), error, action, len(self.failures))
-
-    def _recover(self, err: RuntimeError, batches: list[list[_Unit]]) -> None:
+    def _recover(self, err: RuntimeError, batches: list[list[ClipPlan]]) -> None:
         """A batch failed inside DALI: find its bad videos, then restart the pipeline at that batch."""
         feeder = self._feeder
         failed_position = feeder.position - len(feeder.in_flight)
-        in_flight = [u for u in feeder.in_flight if u]
+        in_flight = [samples for samples in feeder.in_flight if samples]
         self._pipe = None  # its queued iterations are lost; restart from the failed batch
         found = False
         # NOTE: the error comes out with the oldest batch's outputs; should DALI ever attribute it to a
         # later iteration, the other in-flight batches are searched too before giving up.
-        for units in in_flight:
-            found = self._isolate(units) or found
+        for samples in in_flight:
+            found = self._isolate(samples) or found
             if found:
                 break
         if not found:
             raise RuntimeError(f"DALI failed on a batch, but each of its videos decodes on its own, "
                                f"so this is not a bad file: {err}") from err
-        # restart at the oldest batch not yet handed out (test batches emptied by earlier failures, still
-        # queued, are skipped again); the bad videos are now known, so preparing the failed batch again
-        # replaces or drops them
+        # restart at the oldest batch not yet handed out; the bad videos are now known, so preparing the
+        # failed batch again replaces or drops them
         feeder.start(batches, failed_position)
         self._pipe = self._new_pipeline(feeder, self._max_samples())
 
-    def _isolate(self, units: list[_Unit]) -> bool:
-        """Decode each video alone; mark those that fail. Returns whether any did."""
+    def _isolate(self, samples: list[_Sample]) -> bool:
+        """Decode each video alone; judge those that fail. Returns whether any did."""
         found = False
-        for unit in units:
-            if unit.record_index in self._bad:
+        for sample in samples:
+            if self.is_bad(sample.plan.record_index):
                 continue
-            one_video = _OneBatch(self._dali_inputs([unit]))
-            samples = 1 if self.decode_once else len(unit.clips) * len(unit.crops)
-            pipe = self._new_pipeline(one_video, samples)
+            one_video = _OneBatch(self._dali_inputs([sample]))
+            views = 1 if self.decode_once else len(sample.plan.clips) * len(sample.plan.crops)
+            pipe = self._new_pipeline(one_video, views)
             try:
                 pipe.run()
             except RuntimeError as err:
-                self._mark_bad(unit.record_index, _first_line(err))
+                self._judge(sample.plan.record_index, _first_line(err))
                 found = True
+            else:
+                self._streak, self._streak_signature = [], None
             finally:
                 del pipe
         return found
+
+    def _judge(self, record_index: int, message: str) -> None:
+        """A video failed alone in DALI: a bad file, or (raised) a decoder that cannot run here."""
+        if not self._pyav_reads(record_index):
+            self.mark_bad(record_index, message)  # PyAV cannot read it either: the file is bad
+            return
+        signature = error_signature(message)
+        if signature != self._streak_signature:
+            self._streak, self._streak_signature = [], signature
+        self._streak.append(record_index)
+        if _ENVIRONMENT_ERRORS.search(message) or len(self._streak) >= _SAME_ERROR_LIMIT:
+            self.unmark_bad(self._streak)  # not the files' fault: withdraw what this streak condemned
+            raise DaliDecoderUnavailable(self._environment_message(record_index, message, len(self._streak)))
+        self.mark_bad(record_index, message)
+
+    def _pyav_reads(self, record_index: int) -> bool:
+        try:
+            probe_video(self.path(record_index))
+        except ProbeError:
+            return False
+        return True
+
+    def _environment_message(self, record_index: int, message: str, count: int) -> str:
+        if self.placement == "gpu":
+            fix = ("check that the NVIDIA driver provides libnvcuvid (NVDEC) and that the videos are in a format "
+                   "NVDEC decodes (e.g. H.264 8-bit 4:2:0, at least 48x16 pixels: `python -m pipelines.prepare "
+                   "--transcode-to DIR --codec h264`), or use -o data.backend=pyav")
+        else:
+            fix = (f"DALI's CPU decoder reads only {sorted(DALI_CPU_CODECS)}: transcode with `python -m "
+                   f"pipelines.prepare --transcode-to DIR --codec vp9`, or use -o data.backend=pyav")
+        return (f"DALI's {self.placement} video decoder fails on {count} video(s) in a row that PyAV decodes "
+                f"(the last {str(self.path(record_index))!r}, codec {self.records[record_index].codec!r}) with "
+                f"{message!r}; this is the decoder's environment or limits, not bad files: {fix}")
 
     # ---------------------------------------------------------------- DALI -> torch
     def _to_torch(self, dali_tensor) -> torch.Tensor:
@@ -406,75 +366,47 @@ class DaliVideoLoader:
             return torch.stack([self._to_torch(tensor_list[i]) for i in range(len(tensor_list))])
         return self._to_torch(dali_tensor)
 
-    def _finish(self, fast: torch.Tensor, units: list[_Unit]) -> tuple:
+    def _finish(self, fast: torch.Tensor, samples: list[_Sample]) -> tuple:
         """(N, T, H, W, C) fast clips -> the contract's ([slow, fast], labels, video_index)."""
         if fast.dtype != self.dtype:
             # NOTE: DALI 2.4 has no bfloat16 output; it emits float16 and this is the one conversion
             fast = fast.to(self.dtype)
-        slow_positions = torch.as_tensor(self.slow_positions, device=fast.device)
-        slow = fast.index_select(1, slow_positions)  # (N, T // alpha, H, W, C), channels-last memory
-        pathways = [slow.permute(0, 4, 1, 2, 3), fast.permute(0, 4, 1, 2, 3)]  # (N, C, T, H, W) views
-        if not self.channels_last:
-            pathways = [p.contiguous() for p in pathways]
-        labels = torch.tensor([u.label for u in units], dtype=torch.int64, device=fast.device)
-        video_index = torch.tensor([u.video_index for u in units], dtype=torch.int64, device=fast.device)
-        return pathways, labels, video_index
+        # (N, C, T, H, W) view of the NTHWC buffer: channels_last_3d memory, no copy
+        return self.assemble(fast.permute(0, 4, 1, 2, 3), [sample.plan for sample in samples])
 
-    def _to_batch(self, units: list[_Unit], output) -> tuple:
+    def _to_batch(self, samples: list[_Sample], output) -> tuple:
         self._previous_output = output
         if not self.decode_once:
-            return self._finish(self._batch_tensor(output), units)
+            return self._finish(self._batch_tensor(output), samples)
         # decode once: cut every (clip, crop) view out of each video's resized, normalised frames
-        crop = self.crop
-        fast = torch.empty((len(units) * self.views, self.num_frames, crop, crop, 3), dtype=self.dtype,
-                           device=self.device)
-        for i, unit in enumerate(units):
+        crop, num_clips, num_crops = self.crop, self.num_clips, self.num_crops
+        fast = torch.empty((len(samples) * self.views, self.settings.num_frames, crop, crop, 3),
+                           dtype=self.dtype, device=self.device)
+        for i, sample in enumerate(samples):
             frames = self._to_torch(output[i])  # (U, resize_h, resize_w, 3)
-            decoded = np.unique(unit.clips)
-            for c, clip in enumerate(unit.clips):
+            decoded = np.unique(sample.plan.clips)
+            for c, clip in enumerate(sample.plan.clips):
                 positions = torch.as_tensor(np.searchsorted(decoded, clip), device=self.device)
-                for k, params in enumerate(unit.crops):
+                for k, params in enumerate(sample.plan.crops):
                     window = frames[:, params.y: params.y + crop, params.x: params.x + crop]
-                    fast[(i * self.num_clips + c) * self.num_crops + k] = window.index_select(0, positions)
-        return self._finish(fast, units)
+                    fast[(i * num_clips + c) * num_crops + k] = window.index_select(0, positions)
+        return self._finish(fast, samples)
 
 
 def _first_line(err: BaseException) -> str:
     lines = [line.strip() for line in str(err).splitlines() if line.strip()]
-    # DALI's message starts with "Critical error in pipeline:"; the cause is on the following lines
+    # DALI's message starts with "Critical error in pipeline:" and a traceback of the graph's definition;
+    # the cause is the line after "encountered:" (else the first other line)
+    if "encountered:" in lines:
+        after = lines[lines.index("encountered:") + 1:]
+        if after:
+            return after[0][:300]
     useful = [line for line in lines if not line.startswith("Critical error")]
     return (useful or lines or [type(err).__name__])[0][:300]
 
 
-def _complete_records(records: list[VideoRecord], root: Path) -> None:
-    """Probe the records the index does not describe (codec, size, length), in place."""
-    missing = [r for r in records if not (r.codec and r.num_frames > 0 and r.width > 0 and r.height > 0)]
-    if not missing:
-        return
-    try:
-        from pipelines.probe import ProbeError, probe_video
-    except ImportError as err:
-        raise DatasetError(f"{len(missing)} video(s) have no index entry (codec, size, frame count) and "
-                           f"pipelines.prepare cannot be imported to probe them ({err}); "
-                           f"write the index with "
-                           f"`python -m pipelines.prepare`") from err
-    log.info("probing %d video(s) missing from the index; `python -m pipelines.prepare` saves this step",
-             len(missing))
-    for record in missing:
-        try:
-            info = probe_video(root / record.path)
-        except ProbeError:
-            continue  # unreadable: the loader reports it as a failure when it gets to it
-        record.codec = record.codec or str(info.get("codec") or "")
-        record.num_frames = record.num_frames or int(info.get("num_frames") or 0)
-        record.width = record.width or int(info.get("width") or 0)
-        record.height = record.height or int(info.get("height") or 0)
-        record.fps = record.fps or float(info.get("fps") or 0.0)
-
-
 def _check_codecs(records: list[VideoRecord], root: Path, placement: str) -> None:
-    readable = DALI_CPU_CODECS if placement == "cpu" else DALI_GPU_CODECS
-    bad = [r for r in records if r.codec and r.codec.lower() not in readable]
+    bad = [r for r in records if r.codec and not dali_reads(r.codec, placement)]
     if not bad:
         return
     examples = ", ".join(f"{str(root / r.path)!r} ({r.codec})" for r in bad[:3])
@@ -493,7 +425,7 @@ def _check_codecs(records: list[VideoRecord], root: Path, placement: str) -> Non
 def build_dali_loader(cfg: Any, split: str, *, rank: int = 0, world_size: int = 1, alpha: int = 8,
                       records: Optional[list[VideoRecord]] = None,
                       decode_per_view: bool = False) -> DaliVideoLoader:
-    """The DALI loader for ``split`` (contract: :mod:`pipelines`).
+    """The DALI loader for ``split`` (contract: :class:`pipelines.base.VideoLoader`).
 
     Args:
         cfg: resolved configuration; uses ``data.*`` (``device`` = gpu | cpu picks the placement),
@@ -507,21 +439,7 @@ def build_dali_loader(cfg: Any, split: str, *, rank: int = 0, world_size: int = 
     """
     if split not in LIST_KEYS:
         raise ValueError(f"split={split!r} is unknown; choose one of {sorted(LIST_KEYS)}")
-    placement = str(cfg.data.device)
-    if placement not in ("gpu", "cpu"):
-        raise ValueError(f"data.device={placement!r} is unknown; "
-                         f"choose gpu (NVDEC) or cpu (DALI CPU decoder)")
-    if placement == "gpu" and not torch.cuda.is_available():
-        raise BackendUnavailable(
-            "data.device=gpu needs a CUDA GPU, and torch sees none; "
-            "use -o data.device=cpu (DALI's CPU decoder, "
-            "VP8/VP9/MJPEG data: `python -m pipelines.prepare --codec vp9`) or -o data.backend=pyav")
-    root = Path(cfg.data.root)
     if records is None:
-        records = load_records(cfg.data[LIST_KEYS[split]], root, int(cfg.model.num_classes))
-    if not records:
-        raise DatasetError(f"the {split} split has no videos; check data.{LIST_KEYS[split]}")
-    _complete_records(records, root)
-    _check_codecs(records, root, placement)
+        records = load_records(cfg.data[LIST_KEYS[split]], Path(cfg.data.root), int(cfg.model.num_classes))
     return DaliVideoLoader(cfg, split, rank=rank, world_size=world_size, alpha=alpha, records=records,
                            decode_per_view=decode_per_view)

@@ -19,6 +19,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Optional
 
+from utils.atomic import atomic_open
 from utils.errors import UserError
 
 
@@ -111,13 +112,11 @@ def read_index(index_path: str | os.PathLike) -> list[VideoRecord]:
 
 
 def write_index(records: list[VideoRecord], index_path: str | os.PathLike) -> Path:
-    """Write an index atomically (temp file then rename)."""
+    """Write an index atomically (``utils.atomic``: a reader sees the old index or the new one)."""
     index_path = Path(index_path)
-    tmp = index_path.with_name(f".{index_path.name}.tmp")
-    with open(tmp, "w") as handle:
+    with atomic_open(index_path, "w") as handle:
         for record in records:
             handle.write(record.to_json() + "\n")
-    os.replace(tmp, index_path)
     return index_path
 
 
@@ -125,7 +124,8 @@ def load_records(list_path: str | os.PathLike, root: str | os.PathLike,
                  num_classes: Optional[int] = None) -> list[VideoRecord]:
     """The records a loader uses: the index beside the list when present, else the bare list.
 
-    Without an index the records have ``num_frames == 0``; loaders then learn the length at decode time.
+    Without an index the records carry only path and label (``num_frames == 0``); a loader probes them
+    once when it is built (:func:`pipelines.base.probe_geometry`).
     """
     root = Path(root)
     if not root.is_dir():

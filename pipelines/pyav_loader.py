@@ -2,41 +2,25 @@
 
 This is the reference implementation of the sampling semantics of :mod:`pipelines.sampling` (in the
 style of PySlowFast's loader) and the fallback for codecs that DALI's CPU decoder cannot read (H.264 on
-a machine without a GPU). It follows the loader contract in :mod:`pipelines` (read its docstring).
-
-Per split:
-
-- train: this rank's shard of a seeded per-epoch permutation (``shard_indices(shuffle=True, pad=False)``),
-  one random clip and one random crop/flip per video from ``clip_rng(seed, epoch, video_index)``;
-  batches of ``data.batch_size`` clips, the last incomplete batch dropped (as PySlowFast does).
-- val: ``shard_indices(pad=True)``, the centred clip and the centred crop; padding samples carry the first
-  video's frames with ``video_index == -1``.
-- test: ``test.num_clips`` x ``test.num_crops`` views per video, the video decoded once (the union of the
-  needed frames), ``test.batch_size`` videos per batch.
-
-A video that fails to decode is recorded in ``loader.failures`` and logged; training delivers another
-video in its place (chosen deterministically, with that video's label and index), validation delivers
-another video's frames as a padding sample (``video_index == -1``), testing leaves the video out of its
-batch.
+a machine without a GPU). The contract (what a batch holds, shards, epochs, padding, the replacement of
+an undecodable video, failures, probing of unindexed lists) is :class:`pipelines.base.VideoLoader`'s;
+this module only decodes (:func:`decode_frames`) and transforms (:func:`pipelines.transforms.apply_spatial`)
+the planned clips. Each worker decodes a video once per slot (the union of its clips' frames) and cuts
+every view of it.
 """
 from __future__ import annotations
 
-import logging
 import os
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Optional, Sequence
+from typing import Any, Iterator, Optional, Sequence
 
 import numpy as np
 import torch
 
-from pipelines import sampling
+from pipelines.base import SPLITS, ClipPlan, LoaderSettings, VideoLoader
 from pipelines.dataset import VideoRecord, load_records
 from pipelines.transforms import apply_spatial
-
-logger = logging.getLogger(__name__)
-
-# tries before a training sample gives up finding a decodable replacement
-_MAX_REPLACEMENTS = 10
+from utils.cpus import worker_count
 
 
 class DecodeError(RuntimeError):
@@ -149,191 +133,77 @@ def _decode_forward(container: Any, stream: Any, wanted: list[int], start_pts: i
 # ----------------------------------------------------------------------------------------------
 # the loader
 
-def _default_workers(num_workers: Optional[int]) -> int:
-    if num_workers is not None:
-        return int(num_workers)
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        return os.cpu_count() or 1
+class _EpochClips(torch.utils.data.Dataset):
+    """Item ``i`` of an epoch: the decoded, transformed views of this rank's ``i``-th planned slot.
 
+    Runs in DataLoader workers: failures found here are returned with the item (the main process records
+    them once); ``bad`` is this process's copy of the videos known to fail.
+    """
 
-def _probe(path: str) -> tuple[int, float, int, int]:
-    """(num_frames, fps, height, width) for a record without an index entry."""
-    from pipelines.probe import ProbeError, probe_video
-
-    try:
-        info = probe_video(path)
-    except ProbeError as err:
-        raise DecodeError(str(err)) from None
-    return int(info["num_frames"]), float(info["fps"]), int(info["height"]), int(info["width"])
-
-
-class _VideoClips(torch.utils.data.Dataset):
-    """Item ``i`` of an epoch: the clip(s) of this rank's ``i``-th video, transformed."""
-
-    def __init__(self, records: list[VideoRecord], root: Path, split: str, settings: dict[str, Any]):
-        self.records = records
-        self.root = root
-        self.split = split
-        self.s = settings
-        self.epoch = 0
-        self.order = np.zeros(0, dtype=np.int64)
-        self._probed: dict[int, tuple[int, float, int, int]] = {}
+    def __init__(self, loader: "PyAVLoader") -> None:
+        self.loader = loader
+        self.plans: list[ClipPlan] = []
+        self.bad: set[int] = set()
 
     def __len__(self) -> int:
-        return len(self.order)
-
-    def _geometry(self, video_index: int) -> tuple[int, float, int, int]:
-        record = self.records[video_index]
-        if record.num_frames > 0 and record.height > 0 and record.width > 0:
-            return record.num_frames, record.fps, record.height, record.width
-        if video_index not in self._probed:
-            self._probed[video_index] = _probe(str(self.root / record.path))
-        return self._probed[video_index]
-
-    def _clip(self, video_index: int) -> torch.Tensor:
-        """One transformed train/val clip (3, T, crop, crop) of a video."""
-        s = self.s
-        num_frames, fps, height, width = self._geometry(video_index)
-        if self.split == "train":
-            rng = sampling.clip_rng(s["seed"], self.epoch, video_index)
-            indices = sampling.train_clip_indices(num_frames, fps, rng, s["num_frames"], s["sampling_rate"],
-                                                  s["target_fps"])
-            params = sampling.train_spatial_params(height, width, rng, s["train_short_side"], s["train_crop"],
-                                                   s["train_flip"])
-        else:
-            indices = sampling.val_clip_indices(num_frames, fps, s["num_frames"], s["sampling_rate"],
-                                                s["target_fps"])
-            params = sampling.val_spatial_params(height, width, s["test_short_side"], s["val_crop"])
-        frames = decode_frames(self.root / self.records[video_index].path, indices)
-        return apply_spatial(frames, params, s["mean"], s["std"])
-
-    def _views(self, video_index: int) -> torch.Tensor:
-        """All test views (V, 3, T, crop, crop) of a video, clip-major, decoded once."""
-        s = self.s
-        num_frames, fps, height, width = self._geometry(video_index)
-        clips = sampling.test_clip_indices(num_frames, fps, s["num_clips"], s["num_frames"], s["sampling_rate"],
-                                           s["target_fps"])
-        crops = sampling.test_spatial_params(height, width, s["test_short_side"], s["test_crop"], s["num_crops"])
-        union, inverse = np.unique(clips.reshape(-1), return_inverse=True)
-        decoded = decode_frames(self.root / self.records[video_index].path, union)
-        frames = decoded[inverse.reshape(clips.shape)]  # (num_clips, T, H, W, 3)
-        return torch.stack([apply_spatial(clip, params, s["mean"], s["std"])
-                            for clip in frames for params in crops])
-
-    def _failure(self, video_index: int, err: Exception) -> dict[str, Any]:
-        return {"index": int(video_index), "path": self.records[video_index].path, "error": str(err)}
+        return len(self.plans)
 
     def __getitem__(self, position: int) -> dict[str, Any]:
-        video_index = int(self.order[position])
+        loader, planned = self.loader, self.plans[position]
         failures: list[dict[str, Any]] = []
-        if self.split == "test":
-            source = video_index if video_index >= 0 else 0
+        met: list[int] = []
+        while True:
+            plan = loader.resolve(planned, self.bad, met)
+            if plan is None:  # test: the video is left out
+                return {"views": None, "plan": planned, "failures": failures, "met": met}
             try:
-                views = self._views(source)
+                views = loader.decode_views(plan)
             except DecodeError as err:
-                if video_index >= 0:
-                    failures.append(self._failure(source, err))
-                views = None
-            return {"views": views, "label": self.records[source].label, "video_index": video_index,
-                    "failures": failures}
-        candidates = self._candidates(video_index)
-        for attempt, source in enumerate(candidates):
-            try:
-                clip = self._clip(source)
-            except DecodeError as err:
-                failures.append(self._failure(source, err))
+                self.bad.add(plan.record_index)
+                failures.append({"index": plan.record_index, "error": str(err)})
                 continue
-            # train: a replacement stands for the failed video with its own label and index;
-            # val: a replacement is a padding sample, dropped from the metrics
-            if video_index < 0 or (self.split == "val" and attempt > 0):
-                delivered = -1
-            else:
-                delivered = source
-            return {"clip": clip, "label": self.records[source].label, "video_index": delivered,
-                    "failures": failures}
-        raise DecodeError(f"{len(candidates)} videos in a row failed to decode, the last "
-                          f"{failures[-1]['path']!r}: {failures[-1]['error']}; check the data "
-                          f"(`python -m pipelines.prepare` lists bad files)")
-
-    def _candidates(self, video_index: int) -> list[int]:
-        """The video itself, then a deterministic sequence of replacements (padding: video 0 first)."""
-        n = len(self.records)
-        first = video_index if video_index >= 0 else 0
-        rng = np.random.default_rng([int(self.s["seed"]), int(self.epoch), int(first), 1])
-        others = [int(i) for i in rng.permutation(n) if i != first]
-        return [first] + others[:_MAX_REPLACEMENTS - 1]
+            return {"views": views, "plan": plan, "failures": failures, "met": met}
 
 
-def _collate(split: str, alpha: int, channels_last: bool):
-    def collate(items: list[dict[str, Any]]):
+class PyAVLoader(VideoLoader):
+    """PyAV decoding in DataLoader workers, CPU transforms; the contract of :class:`pipelines.base.VideoLoader`."""
+
+    def __init__(self, records: list[VideoRecord], root: str | Path, split: str, *, settings: LoaderSettings,
+                 rank: int = 0, world_size: int = 1, alpha: int = 8) -> None:
+        super().__init__(records, root, split, settings=settings, rank=rank, world_size=world_size, alpha=alpha)
+        self._dataset = _EpochClips(self)
+
+    def decode_views(self, plan: ClipPlan) -> torch.Tensor:
+        """All views (V, 3, T, crop, crop) of a plan, clip-major; the video is decoded once (union of frames)."""
+        s = self.settings
+        union, inverse = np.unique(plan.clips.reshape(-1), return_inverse=True)
+        decoded = decode_frames(self.path(plan.record_index), union)
+        frames = decoded[inverse.reshape(plan.clips.shape)]  # (num_clips, T, H, W, 3)
+        return torch.stack([apply_spatial(clip, params, s.mean, s.std) for clip in frames for params in plan.crops])
+
+    def _collate(self, items: list[dict[str, Any]]):
         failures = [f for item in items for f in item["failures"]]
-        if split == "test":
-            items = [item for item in items if item["views"] is not None]
-            if not items:
-                return None, failures
-            fast = torch.cat([item["views"] for item in items])  # (N * V, 3, T, H, W)
-        else:
-            fast = torch.stack([item["clip"] for item in items])  # (N, 3, T, H, W)
-        slow = fast[:, :, torch.from_numpy(sampling.slow_indices(fast.shape[2], alpha))]
-        if channels_last:
-            fast = fast.contiguous(memory_format=torch.channels_last_3d)
-            slow = slow.contiguous(memory_format=torch.channels_last_3d)
-        labels = torch.tensor([item["label"] for item in items], dtype=torch.int64)
-        video_index = torch.tensor([item["video_index"] for item in items], dtype=torch.int64)
-        return ([slow, fast], labels, video_index), failures
-    return collate
-
-
-class PyAVLoader:
-    """Iterable loader following the :mod:`pipelines` contract; see the module docstring."""
-
-    def __init__(self, records: list[VideoRecord], root: Path, split: str, *, rank: int, world_size: int,
-                 alpha: int, settings: dict[str, Any], batch_size: int, num_workers: int, prefetch: int,
-                 channels_last: bool):
-        if split not in ("train", "val", "test"):
-            raise ValueError(f"split={split!r} is unknown; choose train, val or test")
-        if settings["num_frames"] % alpha:
-            raise ValueError(f"data.num_frames={settings['num_frames']} must be a multiple of alpha={alpha}")
-        if batch_size < 1:
-            raise ValueError(f"batch size {batch_size} must be >= 1")
-        self.records = records
-        self.split = split
-        self.rank, self.world_size, self.alpha = rank, world_size, alpha
-        self.batch_size = batch_size
-        self.num_workers = num_workers
-        self.prefetch = prefetch
-        self.failures: list[dict[str, Any]] = []
-        self._dataset = _VideoClips(records, root, split, settings)
-        self._collate = _collate(split, alpha, channels_last)
-        self.set_epoch(0)
-
-    def set_epoch(self, epoch: int) -> None:
-        """Reshuffle (train) and redraw clips for ``epoch``."""
-        self.epoch = int(epoch)
-        self._dataset.epoch = self.epoch
-        train = self.split == "train"
-        self._dataset.order = sampling.shard_indices(
-            len(self.records), self.rank, self.world_size, shuffle=train, seed=self._dataset.s["seed"],
-            epoch=self.epoch, pad=not train)
-
-    def __len__(self) -> int:
-        n = len(self._dataset)
-        return n // self.batch_size if self.split == "train" else -(-n // self.batch_size)
+        met = [i for item in items for i in item["met"]]
+        kept = [item for item in items if item["views"] is not None]
+        if not kept:
+            return None, failures, met
+        fast = torch.cat([item["views"] for item in kept])  # (N * V, 3, T, H, W)
+        return self.assemble(fast, [item["plan"] for item in kept]), failures, met
 
     def __iter__(self) -> Iterator[tuple[list[torch.Tensor], torch.Tensor, torch.Tensor]]:
-        workers = min(self.num_workers, max(len(self._dataset), 1))
+        self.begin_epoch()
+        dataset = self._dataset
+        dataset.plans = [plan for batch in self.epoch_batches() for plan in batch]
+        dataset.bad = set(self._bad)  # workers start from what is known (fork or pickle copies it)
+        workers = min(worker_count(self.settings.num_workers), len(dataset))
         loader = torch.utils.data.DataLoader(
-            self._dataset, batch_size=self.batch_size, shuffle=False, num_workers=workers,
-            collate_fn=self._collate, pin_memory=torch.cuda.is_available(),
-            drop_last=self.split == "train", prefetch_factor=max(self.prefetch, 1) if workers > 0 else None,
-            persistent_workers=False)
-        for batch, failures in loader:
+            dataset, batch_size=self.batch_size, shuffle=False, num_workers=workers, collate_fn=self._collate,
+            pin_memory=torch.cuda.is_available(), drop_last=False,
+            prefetch_factor=self.settings.prefetch if workers > 0 else None, persistent_workers=False)
+        for batch, failures, met in loader:
             for failure in failures:
-                logger.warning("video %s (index %d) failed to decode: %s", failure["path"], failure["index"],
-                               failure["error"])
-            self.failures.extend(failures)
+                self.mark_bad(failure["index"], failure["error"])
+            self.note_met(met)
             if batch is None:  # every video of this test batch failed; they are in self.failures
                 continue
             yield batch
@@ -341,7 +211,7 @@ class PyAVLoader:
 
 def build_pyav_loader(cfg: Any, split: str, *, rank: int = 0, world_size: int = 1, alpha: int = 8,
                       records: Optional[list[VideoRecord]] = None) -> PyAVLoader:
-    """The PyAV loader for ``split`` under ``cfg`` (contract: :mod:`pipelines`).
+    """The PyAV loader for ``split`` under ``cfg`` (contract: :class:`pipelines.base.VideoLoader`).
 
     Args:
         cfg: the resolved configuration (``cfg.data.*``, ``cfg.test.*``, ``cfg.model.channels_last``).
@@ -350,26 +220,10 @@ def build_pyav_loader(cfg: Any, split: str, *, rank: int = 0, world_size: int = 
         alpha: the SlowFast speed ratio (slow pathway = every alpha-th fast frame, linspace rule).
         records: use these records instead of reading ``cfg.data.<split>_list``.
     """
-    data = cfg.data
-    root = Path(data.root)
+    if split not in SPLITS:
+        raise ValueError(f"split={split!r} is unknown; choose one of {SPLITS}")
+    root = Path(cfg.data.root)
     if records is None:
-        list_path = {"train": data.train_list, "val": data.val_list, "test": data.test_list}.get(split)
-        if list_path is None:
-            raise ValueError(f"split={split!r} is unknown; choose train, val or test")
-        records = load_records(list_path, root, cfg.model.num_classes)
-    if not records:
-        raise ValueError(f"the {split} list holds no videos")
-    short = data.train_short_side
-    settings = {
-        "seed": int(data.seed), "num_frames": int(data.num_frames), "sampling_rate": int(data.sampling_rate),
-        "target_fps": float(data.target_fps),
-        "train_short_side": (int(short[0]), int(short[1])) if isinstance(short, Iterable) else (int(short),) * 2,
-        "train_crop": int(data.train_crop), "val_crop": int(data.val_crop), "train_flip": bool(data.train_flip),
-        "test_short_side": int(data.test_short_side), "test_crop": int(data.test_crop),
-        "num_clips": int(cfg.test.num_clips), "num_crops": int(cfg.test.num_crops),
-        "mean": [float(m) for m in data.mean], "std": [float(s) for s in data.std],
-    }
-    batch_size = int(cfg.test.batch_size if split == "test" else data.batch_size)
-    return PyAVLoader(records, root, split, rank=rank, world_size=world_size, alpha=alpha, settings=settings,
-                      batch_size=batch_size, num_workers=_default_workers(data.num_workers),
-                      prefetch=int(data.prefetch or 2), channels_last=bool(cfg.model.channels_last))
+        records = load_records(cfg.data[f"{split}_list"], root, int(cfg.model.num_classes))
+    return PyAVLoader(records, root, split, settings=LoaderSettings.from_config(cfg), rank=rank,
+                      world_size=world_size, alpha=alpha)

@@ -2,7 +2,7 @@
 
 - ``numbered_video(codec, num_frames=..., fps=..., ...)``: a cached video whose frame ``i`` shows the
   number ``i`` (:func:`pipelines.video_io.numbered_frames`, read back with ``frame_number``), lossless
-  for VP9/H.264 and near-lossless for MJPEG.
+  for VP9, near-lossless for H.264 (4:2:0, decodable by NVDEC) and MJPEG.
 - ``tiny_dataset``: a synthetic motion dataset (8 classes, 1 train + 1 val video per class, 64x48,
   32 frames at 30 fps, VP9), with lists, indexes and ``classes.txt``.
 - ``tiny_config(**overrides)``: the default configuration pointed at ``tiny_dataset`` with the PyAV
@@ -33,9 +33,11 @@ def numbered_video(tmp_path_factory):
         if key not in cache:
             name = f"n_{codec}_{num_frames}_{str(fps).replace('/', 'over')}_{keyframe_interval}_{height}x{width}"
             path = folder / (name + codec_suffix(codec))
+            # NOTE: H.264 is written lossy (CRF 12, 4:2:0 8-bit; exact on these flat frames), never lossless:
+            # lossless H.264 is High 4:4:4, which NVDEC cannot decode
             write_video(path, numbered_frames(num_frames, height, width), fps=fps, codec=codec,
-                        keyframe_interval=keyframe_interval, lossless=codec in ("vp9", "h264"),
-                        quality=2 if codec == "mjpeg" else None)
+                        keyframe_interval=keyframe_interval, lossless=codec == "vp9",
+                        quality={"mjpeg": 2, "h264": 12}.get(codec))
             cache[key] = path
         return cache[key]
 

@@ -16,10 +16,12 @@ pytest.importorskip("nvidia.dali", reason="NVIDIA DALI is not installed")
 
 from configs import load_config  # noqa: E402
 from pipelines import BackendUnavailable, build_loader, sampling  # noqa: E402
-from pipelines.dali_loader import DaliCodecError, build_dali_loader  # noqa: E402
+from pipelines import dali_loader  # noqa: E402
+from pipelines.dali_loader import DaliCodecError, DaliDecoderUnavailable, build_dali_loader  # noqa: E402
 from pipelines.dataset import VideoRecord  # noqa: E402
 from pipelines.codecs import codec_suffix  # noqa: E402
 from pipelines.video_io import numbered_frames, write_video  # noqa: E402
+from utils.errors import UserError  # noqa: E402
 
 pytestmark = pytest.mark.dali
 
@@ -47,8 +49,12 @@ def _write_set(root: Path, content, codec: str = "vp9") -> list[VideoRecord]:
     root.mkdir(parents=True, exist_ok=True)
     records = []
     for i, (height, width, frames) in enumerate(SHAPES):
+        # NOTE: H.264 is written lossy (CRF 12, 4:2:0 8-bit): lossless H.264 is High 4:4:4, which NVDEC
+        # cannot decode (tests/test_dali_gpu.py uses this writer)
+        lossless = codec != "h264"
         path = write_video(root / f"video_{i}{codec_suffix(codec)}", content(frames, height, width), fps=30,
-                           codec=codec, keyframe_interval=8, lossless=True)
+                           codec=codec, keyframe_interval=8, lossless=lossless,
+                           quality=None if lossless else 12)
         records.append(VideoRecord(path.name, label=i % 3, num_frames=frames, fps=30.0, width=width,
                                    height=height, codec=codec))
     return records
@@ -415,6 +421,87 @@ def test_val_shows_a_padding_sample_for_a_bad_video(with_bad_files):
     assert len(delivered) == len(records)
     assert sorted(vi for vi in delivered if vi >= 0) == list(range(len(records) - 2))
     assert delivered.count(-1) == 2
+
+
+# ------------------------------------------------------------------------------------------ decoder vs files
+
+# what DALI 2.4 raises for a file its CPU decoder cannot open (measured: the same text for a corrupt file, a
+# junk file and an H.264 file; the reason only goes to stderr, and no path: DALI decodes from memory)
+DALI_OPEN_FAILURE = ('Critical error in pipeline:\nError in CPU operator `nvidia.dali.fn.decoders.video`,\n'
+                     'which was used in the pipeline definition with the following traceback:\n\n  File "/x/y.py", '
+                     'line 9, in video_pipeline\n\nencountered:\n\nAssert on "frames_decoders_[s]->IsValid()" '
+                     'failed: Failed to create video decoder for "memory file"\nC++ context: [/opt/dali/dali/'
+                     'operators/video/decoder/video_decoder_base.h:246]\nCurrent pipeline object is no longer valid.')
+
+
+class FailingPipeline:
+    """Stands in for a built DALI pipeline whose every run fails with ``message`` (after taking its input)."""
+
+    def __init__(self, source, message):
+        self.source, self.message = source, message
+
+    def run(self):
+        self.source()
+        raise RuntimeError(self.message)
+
+    def reset(self):
+        pass
+
+
+def _every_decode_fails(monkeypatch, message):
+    monkeypatch.setattr(dali_loader, "build_video_pipeline",
+                        lambda source, **kwargs: FailingPipeline(source, message))
+
+
+def test_the_same_error_on_sound_videos_stops_with_one_error(numbered, monkeypatch):
+    _every_decode_fails(monkeypatch, DALI_OPEN_FAILURE)
+    loader = loader_for(numbered, "train")
+    with pytest.raises(DaliDecoderUnavailable, match=r"3 video\(s\) in a row that PyAV decodes") as info:
+        list(loader)
+    message = str(info.value)
+    assert "Failed to create video decoder" in message and "-o data.backend=pyav" in message
+    assert "--codec vp9" in message and "\n" not in message
+    assert isinstance(info.value, UserError)
+    assert loader.failures == [], "the videos are not condemned"
+
+
+@pytest.mark.parametrize("message", ["Failed to load libnvcuvid.so.1: cannot open shared object file",
+                                     "Codec h264 profile High 4:4:4 is not supported by NVDEC",
+                                     "Video size 32x8 is below the minimum supported size 48x16"])
+def test_an_environment_error_stops_at_once(numbered, monkeypatch, message):
+    _every_decode_fails(monkeypatch, f"Critical error in pipeline:\n{message}")
+    loader = loader_for(numbered, "val")
+    with pytest.raises(DaliDecoderUnavailable, match=r"fails on 1 video\(s\)") as info:
+        list(loader)
+    assert message in str(info.value)
+    assert loader.failures == []
+
+
+def test_a_sound_video_failing_alone_is_replaced(numbered, monkeypatch):
+    """A file PyAV reads but DALI rejects, once: counted as that video's failure, the run goes on."""
+    root, records = numbered
+    loader = loader_for(numbered, "train", "data.batch_size=1")
+    read = loader._read
+    monkeypatch.setattr(loader, "_read", lambda index: np.frombuffer(bytes(range(256)) * 8, np.uint8)
+                        if index == 4 else read(index))
+    delivered = [vi for _, _, video_index in loader for vi in video_index.tolist()]
+    assert len(delivered) == len(loader) == len(records) and 4 not in delivered
+    assert [f["index"] for f in loader.failures] == [4]
+
+
+def test_a_corrupt_file_among_good_ones_is_isolated(with_bad_files):
+    root, records = with_bad_files
+    loader = build_dali_loader(make_cfg(root, "data.batch_size=4"), "val", alpha=ALPHA, records=records[:-1])
+    delivered = [vi for _, _, video_index in loader for vi in video_index.tolist()]
+    assert delivered == list(range(len(records) - 2)) + [-1]
+    assert [f["path"] for f in loader.failures] == ["corrupt.webm"]
+
+
+def test_error_signature_ignores_paths_and_names():
+    a = dali_loader.error_signature('Failed to open "/data/a/x.mp4" at 0x7f3c7c004d00 (/opt/dali/y.cc:3)')
+    b = dali_loader.error_signature('Failed to open "/data/b/z.mp4" at 0x7f00aa (/opt/dali/y.cc:3)')
+    assert a == b and "x.mp4" not in a
+    assert dali_loader.error_signature("Failed to open") != dali_loader.error_signature("Out of frames")
 
 
 # ------------------------------------------------------------------------------------------ memory

@@ -1,0 +1,407 @@
+"""The loader contract in code: what every backend yields, and everything the backends share.
+
+A backend (:mod:`pipelines.pyav_loader`, :mod:`pipelines.dali_loader`) subclasses :class:`VideoLoader`
+and implements only decoding and transforming (``__iter__``); sharding, ``len()``, epochs, clip planning,
+eval padding, the replacement of undecodable videos, failure reporting and the probing of videos the index
+does not describe live here, once. ``tests/test_loader_contract.py`` runs every backend through the same
+assertions.
+
+What a loader yields, per batch, ``([slow, fast], labels, video_index)``:
+
+- train/val: ``fast`` is (N, C, T, H, W) and ``slow`` (N, C, T // alpha, H, W) with C = 3, normalised
+  ``(pixel / 255 - mean) / std``; float32 (DALI on the GPU: ``data.dtype``), in
+  ``torch.channels_last_3d`` memory when ``model.channels_last`` is set, contiguous otherwise. ``slow`` is
+  ``fast`` at :func:`pipelines.sampling.slow_indices` (T, alpha). ``labels`` and ``video_index`` are (N,)
+  int64; ``video_index`` indexes ``loader.records``, and ``-1`` marks a padding sample that metrics drop.
+- test: N videos x V views (V = ``test.num_clips`` x ``test.num_crops``), video-major and, within a video,
+  clip-major (row ``n * V + clip * num_crops + crop``): ``fast`` is (N * V, C, T, H, W); ``labels`` and
+  ``video_index`` are (N,).
+
+Epochs and shards: ``set_epoch(e)`` selects the epoch the next iteration delivers. Rank ``r`` of ``w`` gets
+:func:`pipelines.sampling.shard_indices`: training a disjoint shard of a seeded per-epoch permutation cut
+to ``num_videos // w`` (full batches only, ``len() = shard // batch``); evaluation every video exactly once
+over the ranks, padded with ``-1`` slots to ``ceil(num_videos / w)`` per rank (``len() = ceil(shard /
+batch)``), a padding slot showing video 0. Each video's frame indices and crops come from
+:meth:`VideoLoader.plan` (``pipelines.sampling`` with ``clip_rng(seed, epoch, video_index)``), the same
+for every backend, worker and rank.
+
+Undecodable videos (unreadable, corrupt, or not probeable when the list has no index): recorded once in
+``loader.failures`` (dicts ``index``, ``path``, ``error``), logged once, and never decoded again by this
+loader. The slot of such a video is filled by :meth:`VideoLoader.resolve`:
+
+- train: THE replacement rule. The candidates are :func:`replacement_order` (seed, epoch, video index): a
+  permutation of every other video of the list; the first candidate that decodes takes the slot, with its
+  own label, its own ``video_index`` and its own planned clip. The result depends only on the seed, the
+  epoch, the slot's video and which files are bad, not on the backend, worker, rank or on what was learnt
+  earlier (known-bad candidates are skipped, unknown ones are tried and fail).
+- val: the same candidate is shown as a padding sample (``video_index == -1``), so batches keep their shape.
+- test: the video is left out of its batch (a batch may hold fewer videos; a batch whose every video failed
+  is skipped, the only case where fewer than ``len()`` batches come out) and is reported in ``failures``.
+
+``loader.epoch_failures`` lists the failed videos the current (or last) epoch met, so per-epoch reports and
+anything that would stop a run on failures count per epoch; ``failures`` accumulates over the loader's life.
+When every video of the list is bad, iteration stops with :class:`NoDecodableVideo` (a ``UserError``).
+"""
+from __future__ import annotations
+
+import logging
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, Container, Iterable, Iterator, Optional, Sequence
+
+import numpy as np
+import torch
+
+from pipelines import SPLITS, sampling
+from pipelines.dataset import DatasetError, VideoRecord
+from pipelines.probe import ProbeError, probe_video
+from utils.cpus import worker_count
+from utils.errors import UserError
+
+log = logging.getLogger(__name__)
+
+# the fourth seed word of the replacement stream: clip_rng uses (seed, epoch, video_index), so this stream
+# is independent of the clip draws
+_REPLACEMENT_STREAM = 1
+
+
+class NoDecodableVideo(UserError, RuntimeError):
+    """Every video a slot could be filled with failed to decode; the message names the last failure."""
+
+
+@dataclass(frozen=True)
+class LoaderSettings:
+    """What a loader takes from the configuration (``cfg.data``, ``cfg.test``, ``cfg.model``)."""
+
+    seed: int = 0
+    num_frames: int = 32
+    sampling_rate: int = 2
+    target_fps: float = 30.0
+    train_short_side: tuple = (256, 320)
+    train_crop: int = 224
+    train_flip: bool = True
+    val_crop: int = 224
+    test_short_side: int = 256
+    test_crop: int = 256
+    num_clips: int = 10
+    num_crops: int = 3
+    mean: tuple = (0.45, 0.45, 0.45)
+    std: tuple = (0.225, 0.225, 0.225)
+    batch_size: int = 8          # clips per batch (train, val)
+    test_batch_size: int = 4     # videos per batch (test)
+    channels_last: bool = True
+    num_workers: Optional[int] = None
+    prefetch: int = 2
+
+    @classmethod
+    def from_config(cls, cfg: Any) -> "LoaderSettings":
+        data, test = cfg.data, cfg.test
+        short = data.train_short_side
+        short = (int(short[0]), int(short[1])) if isinstance(short, (list, tuple)) else (int(short),) * 2
+        return cls(
+            seed=int(data.seed), num_frames=int(data.num_frames), sampling_rate=int(data.sampling_rate),
+            target_fps=float(data.target_fps), train_short_side=short, train_crop=int(data.train_crop),
+            train_flip=bool(data.train_flip), val_crop=int(data.val_crop),
+            test_short_side=int(data.test_short_side), test_crop=int(data.test_crop),
+            num_clips=int(test.num_clips), num_crops=int(test.num_crops),
+            mean=tuple(float(m) for m in data.mean), std=tuple(float(s) for s in data.std),
+            batch_size=int(data.batch_size), test_batch_size=int(test.batch_size),
+            channels_last=bool(cfg.model.channels_last),
+            num_workers=None if data.num_workers is None else int(data.num_workers),
+            prefetch=max(int(data.prefetch or 1), 1))
+
+
+@dataclass
+class ClipPlan:
+    """One slot of a batch: which video is reported, which is decoded, and its frames and crops."""
+
+    video_index: int                 # reported in the batch; -1 for a padding sample
+    record_index: int                # decoded: the video itself, its replacement, or a padding source
+    label: int
+    epoch: int
+    clips: np.ndarray                # (num_clips, T) source frame indices, int64
+    crops: list = field(default_factory=list)   # sampling.SpatialParams, one per crop
+    slot_index: int = -2             # the slot's planned video (before any replacement); -1 = padding
+
+
+def replacement_order(num_videos: int, seed: int, epoch: int, video_index: int) -> np.ndarray:
+    """THE replacement rule's candidates for ``video_index``: every other video, in a seeded order.
+
+    A permutation of ``range(num_videos)`` drawn from ``(seed, epoch, video_index)`` (on a stream separate
+    from the clip draws), without ``video_index`` itself. The first candidate that decodes replaces it.
+    """
+    rng = np.random.default_rng([int(seed), int(epoch), int(video_index), _REPLACEMENT_STREAM])
+    order = rng.permutation(int(num_videos))
+    return order[order != int(video_index)]
+
+
+def _has_geometry(record: VideoRecord, need_codec: bool) -> bool:
+    return record.num_frames > 0 and record.width > 0 and record.height > 0 and (record.codec or not need_codec)
+
+
+def probe_geometry(records: Sequence[VideoRecord], root: Path, *, need_codec: bool = False,
+                   num_workers: Optional[int] = None) -> tuple[list[VideoRecord], dict[int, str]]:
+    """The records completed with what :func:`pipelines.probe.probe_video` reads, for those the index lacks.
+
+    Records that already carry frames, width, height (and the codec, when ``need_codec``) are kept as they
+    are; the others are probed in parallel (threads) and returned as completed copies (the caller's objects
+    are not changed).
+
+    Args:
+        records: the list's records (an unindexed list has no geometry at all).
+        root: the data root the records' paths are relative to.
+        need_codec: also probe records whose codec is unknown (DALI checks codecs at build time).
+        num_workers: probing threads (``utils.cpus.worker_count``).
+
+    Returns:
+        ``(records, failed)``: the completed records, and ``{record index: error}`` for files that cannot be
+        probed (they are failures like undecodable videos).
+    """
+    records = list(records)
+    missing = [i for i, r in enumerate(records) if not _has_geometry(r, need_codec)]
+    if not missing:
+        return records, {}
+    log.info("probing %d video(s) that the list's index does not describe; `python -m pipelines.prepare` "
+             "writes the index and saves this step", len(missing))
+
+    def probe(index: int) -> tuple[int, Optional[dict], Optional[str]]:
+        try:
+            return index, probe_video(root / records[index].path), None
+        except ProbeError as err:
+            return index, None, str(err)
+
+    failed: dict[int, str] = {}
+    threads = max(1, min(worker_count(num_workers), len(missing), 16))
+    with ThreadPoolExecutor(max_workers=threads, thread_name_prefix="probe") as pool:
+        for index, info, error in pool.map(probe, missing):
+            if info is None:
+                failed[index] = f"cannot be probed: {error}"
+                continue
+            record = records[index]
+            records[index] = replace(
+                record, num_frames=record.num_frames or int(info["num_frames"]),
+                fps=record.fps or float(info["fps"]), width=record.width or int(info["width"]),
+                height=record.height or int(info["height"]), codec=record.codec or str(info["codec"]),
+                duration=record.duration or float(info.get("duration") or 0.0),
+                keyframe_interval=record.keyframe_interval or info.get("keyframe_interval"),
+                extra=dict(record.extra))
+    return records, failed
+
+
+class VideoLoader:
+    """Base of every loader backend: the contract of the module docstring, minus decoding.
+
+    A backend implements ``__iter__`` (decode and transform :meth:`epoch_batches`' plans, with
+    :meth:`resolve` for each slot and :meth:`mark_bad` for each video that fails, then :meth:`assemble`),
+    calling :meth:`begin_epoch` first.
+
+    Args:
+        records: the split's videos (``pipelines.dataset.load_records``); copies of those without geometry
+            are completed by :func:`probe_geometry`.
+        root: the data root.
+        split: ``train``, ``val`` or ``test``.
+        settings: :class:`LoaderSettings`.
+        rank, world_size: this process's shard.
+        alpha: the SlowFast speed ratio (slow pathway = ``sampling.slow_indices(T, alpha)``).
+    """
+
+    #: the backend needs each video's codec before decoding (checked at build time)
+    needs_codec = False
+
+    def __init__(self, records: Sequence[VideoRecord], root: str | Path, split: str, *,
+                 settings: LoaderSettings, rank: int = 0, world_size: int = 1, alpha: int = 8) -> None:
+        if split not in SPLITS:
+            raise ValueError(f"split={split!r} is unknown; choose one of {SPLITS}")
+        if not records:
+            raise DatasetError(f"the {split} split has no videos; check data.{split}_list")
+        if not 0 <= int(rank) < int(world_size):
+            raise ValueError(f"rank {rank} is outside [0, world_size={world_size})")
+        if settings.num_frames % int(alpha):
+            raise ValueError(f"data.num_frames={settings.num_frames} must be a multiple of alpha={alpha}")
+        self.split = split
+        self.root = Path(root)
+        self.settings = settings
+        self.rank, self.world_size, self.alpha = int(rank), int(world_size), int(alpha)
+        self.batch_size = settings.test_batch_size if split == "test" else settings.batch_size
+        if self.batch_size < 1:
+            raise ValueError(f"the {split} batch size is {self.batch_size}; it must be >= 1")
+        self.num_clips = settings.num_clips if split == "test" else 1
+        self.num_crops = settings.num_crops if split == "test" else 1
+        self.views = self.num_clips * self.num_crops
+        self.crop = {"train": settings.train_crop, "val": settings.val_crop, "test": settings.test_crop}[split]
+        self.slow_positions = sampling.slow_indices(settings.num_frames, self.alpha)
+        self.failures: list[dict[str, Any]] = []
+        self._bad: dict[int, str] = {}
+        self._met: dict[int, None] = {}   # failed videos met this epoch, in order
+        self.records, unprobed = probe_geometry(records, self.root, need_codec=self.needs_codec,
+                                                num_workers=settings.num_workers)
+        for index, error in unprobed.items():
+            self.mark_bad(index, error)
+        self.epoch = 0
+
+    # ------------------------------------------------------------------ epochs, shards, length
+    def set_epoch(self, epoch: int) -> None:
+        """Select the epoch whose shard order and random clips the next iteration delivers."""
+        self.epoch = int(epoch)
+
+    def shard(self, epoch: Optional[int] = None) -> np.ndarray:
+        """This rank's video indices for ``epoch`` (``-1``: a padding slot), see ``sampling.shard_indices``."""
+        train = self.split == "train"
+        return sampling.shard_indices(len(self.records), self.rank, self.world_size, shuffle=train,
+                                      seed=self.settings.seed, epoch=self.epoch if epoch is None else epoch,
+                                      pad=not train)
+
+    def __len__(self) -> int:
+        shard = len(sampling.shard_indices(len(self.records), self.rank, self.world_size,
+                                           pad=self.split != "train"))
+        if self.split == "train":
+            return shard // self.batch_size   # full batches only (PySlowFast's drop_last)
+        return -(-shard // self.batch_size)
+
+    def __iter__(self) -> Iterator[tuple[list[torch.Tensor], torch.Tensor, torch.Tensor]]:
+        raise NotImplementedError(f"{type(self).__name__} must implement __iter__ (decode epoch_batches())")
+
+    # ------------------------------------------------------------------ planning
+    def plan(self, video_index: int, epoch: Optional[int] = None) -> ClipPlan:
+        """The frames and crops of ``video_index`` in ``epoch`` (``-1``: a padding slot, showing video 0).
+
+        Train: ``clip_rng(seed, epoch, video)`` draws the frame indices first, then scale, crop and flip.
+        Val: the centred clip, centred crop at ``test_short_side``. Test: ``num_clips`` clips x
+        ``num_crops`` crops. A video without geometry (it could not be probed) gets an empty plan;
+        :meth:`resolve` never hands such a plan out.
+        """
+        s = self.settings
+        epoch = self.epoch if epoch is None else int(epoch)
+        record_index = int(video_index) if video_index >= 0 else 0
+        record = self.records[record_index]
+        plan = ClipPlan(int(video_index), record_index, int(record.label), epoch,
+                        np.zeros((0, s.num_frames), dtype=np.int64), [], slot_index=int(video_index))
+        if not _has_geometry(record, need_codec=False):
+            return plan
+        timing = dict(num_frames=s.num_frames, sampling_rate=s.sampling_rate, target_fps=s.target_fps)
+        if self.split == "train":
+            rng = sampling.clip_rng(s.seed, epoch, record_index)
+            plan.clips = sampling.train_clip_indices(record.num_frames, record.fps, rng, **timing)[None]
+            plan.crops = [sampling.train_spatial_params(record.height, record.width, rng, s.train_short_side,
+                                                        self.crop, s.train_flip)]
+        elif self.split == "val":
+            plan.clips = sampling.val_clip_indices(record.num_frames, record.fps, **timing)[None]
+            plan.crops = [sampling.val_spatial_params(record.height, record.width, s.test_short_side, self.crop)]
+        else:
+            plan.clips = sampling.test_clip_indices(record.num_frames, record.fps, self.num_clips, **timing)
+            plan.crops = sampling.test_spatial_params(record.height, record.width, s.test_short_side, self.crop,
+                                                      self.num_crops)
+        return plan
+
+    def epoch_batches(self, epoch: Optional[int] = None) -> list[list[ClipPlan]]:
+        """The epoch's planned batches for this rank (``len(self)`` of them), before any replacement."""
+        epoch = self.epoch if epoch is None else int(epoch)
+        plans = [self.plan(int(i), epoch) for i in self.shard(epoch)]
+        size = self.batch_size
+        return [plans[i:i + size] for i in range(0, len(plans), size)][: len(self)]
+
+    # ------------------------------------------------------------------ failures and replacement
+    def resolve(self, planned: ClipPlan, bad: Optional[Container[int]] = None,
+                met: Optional[list[int]] = None) -> Optional[ClipPlan]:
+        """The plan to decode for a planned slot, given the videos known to be bad.
+
+        Args:
+            planned: a plan from :meth:`epoch_batches` (never a replacement).
+            bad: record indices known to fail (default: this loader's); a worker process passes its own.
+            met: if given, the known-bad record indices passed over are appended to it.
+
+        Returns:
+            ``planned`` if its video is not known bad; else, for test, ``None`` (a real video is left out)
+            or, for train/val and padding slots, the plan of the first candidate of
+            :func:`replacement_order` not known bad (val and padding slots report it as ``-1``).
+
+        Raises:
+            NoDecodableVideo: every video of the list is known bad.
+        """
+        bad = self._bad if bad is None else bad
+        if planned.record_index not in bad:
+            return planned
+        if met is not None:
+            met.append(planned.record_index)
+        if self.split == "test" and planned.video_index >= 0:
+            return None
+        for candidate in replacement_order(len(self.records), self.settings.seed, planned.epoch,
+                                           planned.record_index):
+            candidate = int(candidate)
+            if candidate in bad:
+                if met is not None:
+                    met.append(candidate)
+                continue
+            replacement = self.plan(candidate, planned.epoch)
+            replacement.slot_index = planned.slot_index
+            if self.split != "train" or planned.video_index < 0:
+                replacement.video_index = -1  # val keeps its batch shape with a padding sample
+            return replacement
+        last = self.failures[-1] if self.failures else {"path": "?", "error": "?"}
+        raise NoDecodableVideo(
+            f"none of the {len(self.records)} videos of the {self.split} list decodes (the last failure: "
+            f"{last['path']!r}: {last['error']}); check data.root and the files, e.g. with "
+            f"`python -m pipelines.prepare --list LIST --root ROOT`, which lists the bad files")
+
+    def mark_bad(self, record_index: int, error: str) -> None:
+        """Record a video that cannot be used: once in ``failures``, logged once, never decoded again."""
+        record_index = int(record_index)
+        self._met.setdefault(record_index)
+        if record_index in self._bad:
+            return
+        self._bad[record_index] = str(error)
+        self.failures.append({"index": record_index, "path": self.records[record_index].path,
+                              "error": str(error)})
+        action = {"train": "replaced by another video", "val": "replaced by a padding sample",
+                  "test": "left out of the evaluation"}[self.split]
+        log.warning("video %s (index %d) cannot be used: %s; %s [%d failure(s) so far]",
+                    self.path(record_index), record_index, error, action, len(self.failures))
+
+    def unmark_bad(self, record_indices: Iterable[int]) -> None:
+        """Withdraw failures that turned out not to be the files' fault (e.g. a decoder that cannot run)."""
+        withdrawn = {int(i) for i in record_indices}
+        for index in withdrawn:
+            self._bad.pop(index, None)
+            self._met.pop(index, None)
+        self.failures = [f for f in self.failures if f["index"] not in withdrawn]
+
+    def note_met(self, record_indices: Iterable[int]) -> None:
+        """Count known-bad videos that this epoch's slots ran into (for ``epoch_failures``)."""
+        for index in record_indices:
+            self._met.setdefault(int(index))
+
+    def is_bad(self, record_index: int) -> bool:
+        return int(record_index) in self._bad
+
+    @property
+    def epoch_failures(self) -> list[dict[str, Any]]:
+        """The failed videos met by the current (or last) epoch, each once: ``index``, ``path``, ``error``."""
+        return [{"index": i, "path": self.records[i].path, "error": self._bad[i]} for i in self._met
+                if i in self._bad]
+
+    def begin_epoch(self) -> None:
+        """Start counting an epoch's failures afresh (backends call it when an iteration starts)."""
+        self._met = {}
+
+    # ------------------------------------------------------------------ output
+    def path(self, record_index: int) -> Path:
+        return self.root / self.records[record_index].path
+
+    def assemble(self, fast: torch.Tensor, plans: Sequence[ClipPlan]) -> tuple:
+        """``(N * V, C, T, H, W)`` clips of ``plans`` -> the contract's ``([slow, fast], labels, video_index)``.
+
+        ``fast`` may be any strided view (DALI hands over an NTHWC buffer as a permuted view); with
+        ``channels_last`` it stays in ``torch.channels_last_3d`` memory (no copy when it already is).
+        """
+        positions = torch.as_tensor(self.slow_positions, device=fast.device)
+        if self.settings.channels_last:
+            fast = fast.contiguous(memory_format=torch.channels_last_3d)
+            # select on the NTHWC view so the slow pathway comes out channels-last too
+            slow = fast.permute(0, 2, 3, 4, 1).index_select(1, positions).permute(0, 4, 1, 2, 3)
+        else:
+            fast = fast.contiguous()
+            slow = fast.index_select(2, positions)
+        labels = torch.tensor([p.label for p in plans], dtype=torch.int64, device=fast.device)
+        video_index = torch.tensor([p.video_index for p in plans], dtype=torch.int64, device=fast.device)
+        return [slow, fast], labels, video_index

@@ -1,0 +1,310 @@
+"""The loader contract (pipelines.base.VideoLoader), the same assertions for every backend.
+
+Backends: ``pyav``; ``dali-cpu`` (DALI's CPU decoder, VP9); ``dali-gpu`` (NVDEC; H.264 4:2:0 8-bit written
+with a CRF, never lossless: lossless H.264 is High 4:4:4, which NVDEC cannot decode).
+
+References are independent of the loaders: frame numbers written into the pixels
+(``pipelines.video_io.numbered_frames``), ``pipelines.sampling`` called here, the replacement rule's
+permutation drawn here with numpy, and for pixel parity the PyAV baseline.
+"""
+from __future__ import annotations
+
+import importlib.util
+import logging
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from configs import load_config
+from pipelines import build_loader, sampling
+from pipelines.codecs import codec_suffix
+from pipelines.dataset import VideoRecord, index_path_for
+from pipelines.video_io import numbered_frames, write_video
+
+T, ALPHA, SEED = 8, 4, 7
+MEAN, STD = 0.45, 0.225
+LEVEL = 1 / 255 / STD
+# the decoders' measured RGB difference (tests/test_dali_cpu.py: mean ~5 levels, max ~24 at colour edges)
+DECODER_MAX_LEVELS, DECODER_MEAN_LEVELS = 24, 6
+# numbered videos 48x64, fewer than 64 frames (so the right half stays black), one shorter than a clip (16)
+FRAMES = [40, 56, 12, 63, 48, 32, 44]
+HEIGHT, WIDTH = 48, 64
+
+HAS_DALI = importlib.util.find_spec("nvidia.dali") is not None
+
+BACKENDS = [
+    pytest.param(("pyav", "cpu", "vp9"), id="pyav"),
+    pytest.param(("dali", "cpu", "vp9"), id="dali-cpu",
+                 marks=[pytest.mark.dali, pytest.mark.skipif(not HAS_DALI, reason="NVIDIA DALI is not installed")]),
+    pytest.param(("dali", "gpu", "h264"), id="dali-gpu",
+                 marks=[pytest.mark.dali, pytest.mark.gpu,
+                        pytest.mark.skipif(not HAS_DALI, reason="NVIDIA DALI is not installed"),
+                        pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (NVDEC)")]),
+]
+
+
+def _write(path: Path, num_frames: int, codec: str) -> Path:
+    # VP9 lossless; H.264 lossy 4:2:0 (NVDEC's format), near-exact on these flat grey frames
+    return write_video(path, numbered_frames(num_frames, HEIGHT, WIDTH), fps=30, codec=codec,
+                       keyframe_interval=8, lossless=codec == "vp9", quality=None if codec == "vp9" else 12)
+
+
+@pytest.fixture(scope="module")
+def videos(tmp_path_factory):
+    """Factory: ``videos(codec)`` -> (root, records) of the numbered set, written once per codec."""
+    cache = {}
+
+    def make(codec: str):
+        if codec not in cache:
+            root = tmp_path_factory.mktemp(f"contract_{codec}")
+            records = []
+            for i, n in enumerate(FRAMES):
+                path = _write(root / f"v{i}{codec_suffix(codec)}", n, codec)
+                records.append(VideoRecord(path.name, i % 3, n, 30.0, WIDTH, HEIGHT, codec))
+            good = (root / records[0].path).read_bytes()
+            (root / f"corrupt{codec_suffix(codec)}").write_bytes(good[:150] + bytes(range(256)) * 8)
+            cache[codec] = (root, records)
+        return cache[codec]
+
+    return make
+
+
+@pytest.fixture(params=BACKENDS)
+def backend(request):
+    return request.param
+
+
+def config(backend, root, *overrides: str):
+    name, device, _ = backend
+    return load_config(None, [
+        f"data.backend={name}", f"data.device={device}", f"data.root={root}", f"data.num_frames={T}",
+        "data.sampling_rate=2", "data.target_fps=30", "data.train_short_side=[40,44]", "data.train_crop=40",
+        "data.val_crop=40", "data.test_short_side=40", "data.test_crop=40", "data.batch_size=2",
+        "data.num_workers=0", "data.dtype=fp32", "test.batch_size=2", "test.num_clips=2", "test.num_crops=3",
+        "model.num_classes=3", f"data.seed={SEED}", "model.channels_last=true", *overrides])
+
+
+def make_loader(backend, data, split, *overrides, records=None, rank=0, world_size=1):
+    root, default = data
+    records = [VideoRecord(**vars(r)) for r in (default if records is None else records)]
+    return build_loader(config(backend, root, *overrides), split, rank=rank, world_size=world_size, alpha=ALPHA,
+                        records=records)
+
+
+def frame_numbers(clip: torch.Tensor) -> list[int]:
+    """Frame numbers of a numbered (C, T, H, W) clip: the brightest column mean is 4 i (any crop, any flip;
+    every crop here covers part of the frame's left half)."""
+    pixels = (clip.float().cpu().permute(1, 2, 3, 0).numpy() * STD + MEAN) * 255.0
+    return [int(round(pixels[t, ..., 0].mean(axis=0).max() / 4)) for t in range(pixels.shape[0])]
+
+
+def expected_clips(split, record, video_index, epoch):
+    timing = dict(num_frames=T, sampling_rate=2, target_fps=30.0)
+    if split == "train":
+        rng = sampling.clip_rng(SEED, epoch, video_index)
+        return sampling.train_clip_indices(record.num_frames, record.fps, rng, **timing)[None]
+    if split == "val":
+        return sampling.val_clip_indices(record.num_frames, record.fps, **timing)[None]
+    return sampling.test_clip_indices(record.num_frames, record.fps, 2, **timing)
+
+
+def expected_replacement(num_videos, epoch, video_index, bad):
+    """The rule, drawn here: the first of permutation(seed, epoch, video, 1) other than itself, not bad."""
+    order = np.random.default_rng([SEED, epoch, video_index, 1]).permutation(num_videos)
+    return next(int(i) for i in order if i != video_index and i not in bad)
+
+
+def collect(loader):
+    return [(slow, fast, labels, vi) for (slow, fast), labels, vi in loader]
+
+
+# ------------------------------------------------------------------------------------------ frames and layout
+
+@pytest.mark.parametrize("split", ["train", "val", "test"])
+def test_frames_layout_and_length(backend, videos, split):
+    data = videos(backend[2])
+    records = data[1]
+    loader = make_loader(backend, data, split)
+    epoch = 3
+    loader.set_epoch(epoch)
+    batches = collect(loader)
+    assert len(batches) == len(loader)
+    views = 6 if split == "test" else 1
+    seen = []
+    for slow, fast, labels, video_index in batches:
+        n = len(video_index)
+        assert fast.shape == (n * views, 3, T, 40, 40) and slow.shape == (n * views, 3, T // ALPHA, 40, 40)
+        assert fast.dtype == slow.dtype == torch.float32
+        assert fast.is_contiguous(memory_format=torch.channels_last_3d)
+        assert slow.is_contiguous(memory_format=torch.channels_last_3d)
+        assert torch.equal(slow, fast[:, :, [0, 7]])  # linspace(0, 7, 2)
+        assert labels.dtype == video_index.dtype == torch.int64 and labels.shape == video_index.shape == (n,)
+        for j, vi in enumerate(video_index.tolist()):
+            assert labels[j].item() == records[vi].label
+            clips = expected_clips(split, records[vi], vi, epoch)
+            for v in range(views):  # video-major, clip-major: view = clip * num_crops + crop
+                assert frame_numbers(fast[j * views + v]) == clips[v // 3 if split == "test" else 0].tolist()
+            seen.append(vi)
+    if split == "train":
+        assert len(seen) == len(loader) * 2 and len(set(seen)) == len(seen)
+    else:
+        assert sorted(seen) == list(range(len(records)))
+    assert loader.failures == []
+
+
+def test_channels_last_off_gives_contiguous_ncthw(backend, videos):
+    loader = make_loader(backend, videos(backend[2]), "val", "model.channels_last=false")
+    (slow, fast), _, _ = next(iter(loader))
+    assert fast.is_contiguous() and slow.is_contiguous()
+
+
+# ------------------------------------------------------------------------------------------ shards
+
+@pytest.mark.parametrize("world_size", [1, 2, 3])
+def test_train_shards_are_disjoint(backend, videos, world_size):
+    data = videos(backend[2])
+    shards = []
+    for rank in range(world_size):
+        loader = make_loader(backend, data, "train", "data.batch_size=1", rank=rank, world_size=world_size)
+        loader.set_epoch(2)
+        shard = [vi for *_, video_index in collect(loader) for vi in video_index.tolist()]
+        assert len(shard) == len(loader) == len(FRAMES) // world_size
+        shards.append(shard)
+    flat = [vi for shard in shards for vi in shard]
+    assert len(set(flat)) == len(flat) and set(flat) <= set(range(len(FRAMES)))
+    if world_size == 1:
+        assert sorted(flat) == list(range(len(FRAMES)))
+
+
+@pytest.mark.parametrize("split", ["val", "test"])
+@pytest.mark.parametrize("world_size", [1, 2, 3])
+def test_eval_shards_cover_every_video_once(backend, videos, split, world_size):
+    data = videos(backend[2])
+    seen, padding, steps = [], 0, []
+    for rank in range(world_size):
+        loader = make_loader(backend, data, split, rank=rank, world_size=world_size)
+        batches = collect(loader)
+        assert len(batches) == len(loader)
+        steps.append(len(batches))
+        for *_, video_index in batches:
+            seen += [vi for vi in video_index.tolist() if vi >= 0]
+            padding += sum(vi < 0 for vi in video_index.tolist())
+    assert sorted(seen) == list(range(len(FRAMES)))
+    assert padding == world_size * -(-len(FRAMES) // world_size) - len(FRAMES)
+    assert len(set(steps)) == 1, "every rank must run the same number of steps"
+
+
+# ------------------------------------------------------------------------------------------ bad videos
+
+def _with_corrupt(data, codec):
+    root, records = data
+    bad = VideoRecord(f"corrupt{codec_suffix(codec)}", 1, 40, 30.0, WIDTH, HEIGHT, codec)
+    return records[:3] + [bad] + records[3:]  # the corrupt video is index 3
+
+
+def test_train_replaces_a_bad_video_by_the_rule(backend, videos, caplog):
+    data = videos(backend[2])
+    records = _with_corrupt(data, backend[2])
+    loader = make_loader(backend, data, "train", "data.batch_size=1", records=records)
+    with caplog.at_level(logging.WARNING):
+        for epoch in (0, 1):
+            loader.set_epoch(epoch)
+            batches = collect(loader)
+            assert len(batches) == len(loader) == len(records)
+            delivered = [vi for *_, video_index in batches for vi in video_index.tolist()]
+            shard = sampling.shard_indices(len(records), 0, 1, shuffle=True, seed=SEED, epoch=epoch, pad=False)
+            replacement = expected_replacement(len(records), epoch, 3, {3})
+            assert delivered == [replacement if vi == 3 else int(vi) for vi in shard]
+            for _, fast, labels, video_index in batches:  # the replacement's own label and clip
+                vi = video_index.item()
+                assert labels.item() == records[vi].label
+                assert frame_numbers(fast[0]) == expected_clips("train", records[vi], vi, epoch)[0].tolist()
+            assert [f["index"] for f in loader.epoch_failures] == [3]
+    assert [(f["index"], f["path"]) for f in loader.failures] == [(3, records[3].path)]
+    assert loader.failures[0]["error"]
+    logged = [r for r in caplog.records if records[3].path in r.getMessage()]
+    assert len(logged) == 1, "a failure is logged once"
+
+
+def test_val_shows_the_replacement_as_padding(backend, videos):
+    data = videos(backend[2])
+    records = _with_corrupt(data, backend[2])
+    loader = make_loader(backend, data, "val", records=records)
+    batches = collect(loader)
+    assert len(batches) == len(loader)
+    rows = [(fast[j], vi) for _, fast, _, video_index in batches for j, vi in enumerate(video_index.tolist())]
+    assert [vi for _, vi in rows] == [0, 1, 2, -1, 4, 5, 6, 7]
+    replacement = expected_replacement(len(records), 0, 3, {3})
+    assert frame_numbers(rows[3][0]) == expected_clips("val", records[replacement], replacement, 0)[0].tolist()
+    assert [f["index"] for f in loader.failures] == [3]
+
+
+def test_test_leaves_a_bad_video_out(backend, videos):
+    data = videos(backend[2])
+    records = _with_corrupt(data, backend[2])
+    loader = make_loader(backend, data, "test", records=records)
+    batches = collect(loader)
+    assert len(batches) == len(loader)  # batch [2, 3] still holds video 2
+    delivered = [vi for *_, video_index in batches for vi in video_index.tolist()]
+    assert delivered == [0, 1, 2, 4, 5, 6, 7]
+    assert batches[1][1].shape[0] == 1 * 6
+    assert [f["index"] for f in loader.failures] == [3]
+
+
+# ------------------------------------------------------------------------------------------ unindexed lists
+
+@pytest.mark.parametrize("split", ["train", "val", "test"])
+def test_unindexed_list_with_a_corrupt_file_behaves_like_an_indexed_one(backend, videos, tmp_path, split):
+    codec = backend[2]
+    root, indexed = videos(codec)
+    list_path = tmp_path / f"{split}.list"
+    corrupt = f"corrupt{codec_suffix(codec)}"
+    paths = [r.path for r in indexed[:3]] + [corrupt] + [r.path for r in indexed[3:]]
+    labels = [r.label for r in indexed[:3]] + [1] + [r.label for r in indexed[3:]]
+    list_path.write_text("".join(f"{p} {label}\n" for p, label in zip(paths, labels)))
+    assert not index_path_for(list_path).exists()
+    cfg = config(backend, root, f"data.{split}_list={list_path}", "data.batch_size=1")
+    loader = build_loader(cfg, split, alpha=ALPHA)
+    # geometry probed: what the index would say
+    for record, n in zip(loader.records, FRAMES[:3] + [None] + FRAMES[3:]):
+        if n is not None:
+            assert (record.num_frames, record.width, record.height, record.codec) == (n, WIDTH, HEIGHT, codec)
+            assert record.fps == pytest.approx(30.0)
+    assert [f["index"] for f in loader.failures] == [3] and corrupt in loader.failures[0]["error"]
+    batches = collect(loader)
+    assert len(batches) == len(loader)
+    delivered = [vi for *_, video_index in batches for vi in video_index.tolist()]
+    if split == "train":
+        shard = sampling.shard_indices(len(paths), 0, 1, shuffle=True, seed=SEED, epoch=0, pad=False)
+        replacement = expected_replacement(len(paths), 0, 3, {3})
+        assert delivered == [replacement if vi == 3 else int(vi) for vi in shard]
+    elif split == "val":
+        assert delivered == [0, 1, 2, -1, 4, 5, 6, 7]
+    else:
+        assert delivered == [0, 1, 2, 4, 5, 6, 7]
+    views = 6 if split == "test" else 1
+    for _, fast, _, video_index in batches:
+        for j, vi in enumerate(video_index.tolist()):
+            if vi >= 0:
+                clips = expected_clips(split, loader.records[vi], vi, 0)
+                assert frame_numbers(fast[j * views]) == clips[0].tolist()
+    assert [f["index"] for f in loader.failures] == [3]
+
+
+# ------------------------------------------------------------------------------------------ pixel parity
+
+@pytest.mark.parametrize("backend", BACKENDS[1:])  # every backend but the baseline itself
+@pytest.mark.parametrize("split", ["train", "val", "test"])
+def test_pixels_match_the_pyav_baseline(backend, videos, split):
+    data = videos(backend[2])
+    ours = collect(make_loader(backend, data, split))
+    theirs = collect(make_loader(("pyav", "cpu", backend[2]), data, split))
+    assert len(ours) == len(theirs) > 0
+    for (os_, of, ol, ov), (ps, pf, pl, pv) in zip(ours, theirs):
+        assert torch.equal(ov.cpu(), pv) and torch.equal(ol.cpu(), pl)
+        assert of.shape == pf.shape and os_.shape == ps.shape
+        diff = (of.float().cpu() - pf).abs()
+        assert diff.max().item() < DECODER_MAX_LEVELS * LEVEL
+        assert diff.mean().item() < DECODER_MEAN_LEVELS * LEVEL
