@@ -1,4 +1,4 @@
-"""The environment a benchmark ran in: GPU model, driver, CUDA, cuDNN, torch, DALI, PyAV, CPU cores."""
+"""The environment a benchmark ran in: GPU model and generation, driver, CUDA, cuDNN, torch, DALI, PyAV, CPU cores."""
 from __future__ import annotations
 
 import os
@@ -36,6 +36,15 @@ def environment() -> dict:
         "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
         "driver": _nvidia_smi("driver_version"),
     }
+    if torch.cuda.is_available():
+        from pipelines.codecs import gpu_arch
+
+        capability = tuple(torch.cuda.get_device_capability(0))
+        env["gpu_capability"] = f"{capability[0]}.{capability[1]}"
+        try:
+            env["nvdec_arch"] = gpu_arch(capability)
+        except ValueError:  # a generation newer than the NVDEC table
+            env["nvdec_arch"] = None
     try:
         import nvidia.dali as dali
 

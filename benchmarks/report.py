@@ -3,12 +3,12 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
 from benchmarks.timing import Measurement
+from utils.atomic import atomic_path, write_text
 
 
 @dataclass
@@ -121,7 +121,8 @@ class Results:
         for bar, value in zip(bars, ratios):
             ax.text(bar.get_width(), bar.get_y() + bar.get_height() / 2, f" {value:.2f}x", va="center", fontsize=7)
         fig.tight_layout()
-        fig.savefig(path, dpi=110)
+        with atomic_path(path) as tmp:
+            fig.savefig(tmp, dpi=110, format="png")
         plt.close(fig)
         return path
 
@@ -143,9 +144,7 @@ def _json_default(value):
 
 
 def _atomic_write(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    write_text(path, text)
 
 
 def _fmt(value, digits: int = 1) -> str:

@@ -1,11 +1,14 @@
 """The benchmark suite: every stage's throughput against its baseline, side by side, in one run.
 
-    python -m benchmarks.run --suite full     # on a GPU machine: the figures the README quotes
-    python -m benchmarks.run --suite smoke    # on any machine, tiny sizes, a few minutes: the suite works
+    python -m benchmarks.run --suite full --save  # on a GPU machine: the figures the README quotes
+    python -m benchmarks.run --suite smoke        # on any machine, tiny sizes, a few minutes: the suite works
+    python -m benchmarks.run --suite gpu-check    # a few minutes on a GPU: real Kinetics geometry, R50 4x16
+    python -m benchmarks.run --suite full --dry-run  # list every planned dataset and variant, run nothing
 
 Stages (each figure is a ratio against a baseline measured in the same run):
-1. loader: clips/s with no model: DALI GPU vs DALI CPU vs PyAV + DataLoader (workers = cores), on
-   Kinetics-geometry synthetic video with a long (250) and a short (16) keyframe interval.
+1. loader: clips/s with no model: DALI GPU (this project's loader, and DALI's own ``fn.readers.video`` as a
+   second contender) vs DALI CPU vs PyAV + DataLoader (workers = cores), on Kinetics-geometry synthetic
+   video with a long (250) and a short (16) keyframe interval; on a GPU also the device memory DALI holds.
 2. model: training-step clips/s and peak memory: fp32 NCDHW eager vs bf16 channels-last [+ compile],
    at batch 8 and at the largest batch that fits.
 3. e2e: end-to-end training clips/s: PyAV + fp32 NCDHW vs DALI GPU + bf16 channels-last, with the
@@ -13,17 +16,22 @@ Stages (each figure is a ratio against a baseline measured in the same run):
 4. multicrop: 10x3-view evaluation videos/s: decode once vs decode per view.
 5. scaling: stages 1-2 at two batch sizes and two video sizes, so the cost curve shows.
 
-Results: ``benchmarks/results/<suite>-<date>-<device>.{json,md,png}`` and ``latest-<suite>.*`` copies.
+Data: each dataset is generated (or reused) on its own, inside the error handling: one that fails is
+reported as failed in the results and the others still run.
+
+Results: ``<out>/<suite>-<date>-<device>.{json,md,png}`` and ``latest-<suite>.*`` copies, where ``<out>`` is a
+scratch folder (``$TMPDIR/slowfast-benchmarks``) unless ``--save`` (``benchmarks/results/``, committed) or
+``--out DIR`` is given.
 """
 from __future__ import annotations
 
 import argparse
 import contextlib
 import datetime
+import functools
 import logging
-import os
-import shutil
 import sys
+import tempfile
 import time
 import traceback
 from dataclasses import dataclass, field
@@ -34,10 +42,17 @@ import torch
 
 from benchmarks.environment import NvdecMonitor, environment
 from benchmarks.report import Results
-from benchmarks.timing import measure_iterable, synchronize
+from benchmarks.timing import Measurement, measure_iterable, synchronize
 from configs import load_config
+from pipelines.codecs import ARCH_NAMES, WRITTEN_FORMAT, why_not_decodable
+from utils.atomic import atomic_copy
+from utils.cpus import available_cores
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
+SCRATCH_DIR = Path(tempfile.gettempdir()) / "slowfast-benchmarks"
+STAGES = ("loader", "model", "e2e", "multicrop")
+# GPU generations every planned dataset must decode on (tests/test_benchmarks.py checks the plan)
+PLANNED_ARCHS = ("hopper", "ga100")
 log = logging.getLogger("benchmarks")
 
 
@@ -67,11 +82,34 @@ class Suite:
     model_args: dict = field(default_factory=dict)
     compile: bool = True
     largest_batch: bool = True
+    num_classes: int = 400
+    e2e_set: Optional[str] = None  # dataset of stages 3-4 (default: the last loader set)
+    stages: tuple[str, ...] = STAGES
+
+    def __post_init__(self) -> None:
+        # NOTE: 4:2:0 encoders (libx264, libvpx) need even frame sizes: a 455-pixel-wide set crashed the run
+        for name, spec in self.videos.items():
+            if spec["width"] % 2 or spec["height"] % 2:
+                raise ValueError(f"suite {self.name!r}: dataset {name!r} is {spec['width']}x{spec['height']}; "
+                                 f"4:2:0 video needs an even width and height")
+        unknown = [n for n in self.loader_sets + ((self.e2e_set,) if self.e2e_set else ()) if n not in self.videos]
+        if unknown:
+            raise ValueError(f"suite {self.name!r}: loader/e2e sets {unknown} are not among its videos "
+                             f"{sorted(self.videos)}")
+
+    @property
+    def e2e_dataset(self) -> str:
+        return self.e2e_set or self.loader_sets[-1]
 
 
 def _kinetics(width: int, gop: int, seconds: float = 10.0, count: int = 4) -> dict:
     return dict(mode="kinetics", width=width, height=256, fps=30, num_frames=int(30 * seconds), codec="h264",
                 keyframe_interval=gop, num_train_per_class=count, num_val_per_class=1)
+
+
+def _tiny(width: int, height: int) -> dict:
+    return dict(mode="motion", width=width, height=height, fps=30, num_frames=48, codec="vp9",
+                keyframe_interval=16, num_train_per_class=1, num_val_per_class=1)
 
 
 SUITES = {
@@ -81,24 +119,30 @@ SUITES = {
         videos={
             "k400-340x256-gop250": _kinetics(340, 250),
             "k400-340x256-gop16": _kinetics(340, 16),
-            "k400-455x256-gop16": _kinetics(455, 16),
+            "k400-456x256-gop16": _kinetics(456, 16),  # 16:9 at short side 256 (455.1 rounded to even)
             "k400-340x256-gop16-5s": _kinetics(340, 16, seconds=5.0),
         },
-        loader_sets=("k400-340x256-gop250", "k400-340x256-gop16", "k400-455x256-gop16", "k400-340x256-gop16-5s"),
-        scaling_batches=(8, 16, 32), repeats=5, iters=10,
+        loader_sets=("k400-340x256-gop250", "k400-340x256-gop16", "k400-456x256-gop16", "k400-340x256-gop16-5s"),
+        scaling_batches=(8, 16, 32), repeats=5, iters=10, e2e_set="k400-340x256-gop16",
     ),
     "smoke": Suite(
         name="smoke", model="slowfast_tiny", models=("slowfast_tiny",),
         frames=8, sampling_rate=4, crop=48, short_side=(48, 56), test_short_side=48, test_crop=48, batch=2,
-        videos={
-            "tiny-96x64-vp9": dict(mode="motion", width=96, height=64, fps=30, num_frames=48, codec="vp9",
-                                   keyframe_interval=16, num_train_per_class=1, num_val_per_class=1),
-            "tiny-128x96-vp9": dict(mode="motion", width=128, height=96, fps=30, num_frames=48, codec="vp9",
-                                    keyframe_interval=16, num_train_per_class=1, num_val_per_class=1),
-        },
-        loader_sets=("tiny-96x64-vp9", "tiny-128x96-vp9"),
+        # VP9, which both DALI's CPU decoder and NVDEC read, at NVDEC's VP9 minimum of 128x128 and above (the
+        # earlier 96x64 and 128x96 sets failed on a GPU host: "Video is too small in at least one dimension")
+        videos={"tiny-128x128-vp9": _tiny(128, 128), "tiny-160x128-vp9": _tiny(160, 128)},
+        loader_sets=("tiny-128x128-vp9", "tiny-160x128-vp9"),
         scaling_batches=(2, 4), warmup=1, repeats=3, iters=2, num_clips=2, num_crops=3, eval_videos=4,
-        compile=False, largest_batch=False,
+        compile=False, largest_batch=False, num_classes=8,
+    ),
+    # make gpu-check: a few minutes on one GPU with the real geometry (340x256 H.264, GOP 16 and 250, R50 4x16
+    # at 224, bf16 channels-last vs the PyAV + fp32 baseline); small dataset, short windows, no compile
+    "gpu-check": Suite(
+        name="gpu-check", model="slowfast_r50_4x16", models=("slowfast_r50_4x16",),
+        frames=32, sampling_rate=2, crop=224, short_side=(256, 320), test_short_side=256, test_crop=256, batch=8,
+        videos={"k400-340x256-gop250": _kinetics(340, 250, count=1), "k400-340x256-gop16": _kinetics(340, 16, count=1)},
+        loader_sets=("k400-340x256-gop250", "k400-340x256-gop16"), scaling_batches=(8,), warmup=2, repeats=3,
+        iters=5, compile=False, largest_batch=False, e2e_set="k400-340x256-gop16", stages=("loader", "model", "e2e"),
     ),
 }
 
@@ -107,8 +151,52 @@ def _device() -> torch.device:
     return torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
 
 
-def prepare_data(suite: Suite, data_dir: Path) -> dict[str, Path]:
-    """Generate (or reuse) each dataset of the suite; returns name -> dataset folder."""
+def dataset_format(spec: dict) -> dict:
+    """What a planned dataset's videos will probe as: codec, size and the writer's stream format."""
+    return {"codec": spec["codec"], "width": spec["width"], "height": spec["height"], **WRITTEN_FORMAT[spec["codec"]]}
+
+
+def plan(suite: Suite) -> list[dict]:
+    """Every dataset of the suite with its format, and the loader variants and batches it is measured with."""
+    rows = []
+    for name, spec in suite.videos.items():
+        batches = (list(suite.scaling_batches) if suite.loader_sets and name == suite.loader_sets[0]
+                   else [suite.batch])
+        stages = [st for st in ("loader",) if name in suite.loader_sets]
+        stages += [st for st in ("e2e", "multicrop") if st in suite.stages and name == suite.e2e_dataset]
+        rows.append({"dataset": name, **dataset_format(spec), "gop": spec["keyframe_interval"],
+                     "frames": spec["num_frames"], "fps": spec["fps"],
+                     "videos": 8 * (spec["num_train_per_class"] + spec["num_val_per_class"]),
+                     "batches": batches if "loader" in stages else [suite.batch], "stages": stages,
+                     "loaders": [label for label, _, _ in LOADER_VARIANTS] + [READERS_VIDEO_LABEL]})
+    return rows
+
+
+def dry_run(suite: Suite) -> str:
+    """The plan as a table (``--dry-run``), with whether NVDEC decodes each dataset on PLANNED_ARCHS."""
+    lines = [f"suite {suite.name}: model {suite.model} ({', '.join(suite.models)}), {suite.frames} frames every "
+             f"{suite.sampling_rate}, crop {suite.crop}, stages {', '.join(s for s in STAGES if s in suite.stages)}",
+             "", "| dataset | codec | profile | pix_fmt | size | GOP | frames | videos | batches | stages | "
+             + " | ".join(f"NVDEC {a}" for a in PLANNED_ARCHS) + " |",
+             "| --- " * (10 + len(PLANNED_ARCHS)) + "|"]
+    for row in plan(suite):
+        nvdec = [why_not_decodable(row, "gpu", arch) or "ok" for arch in PLANNED_ARCHS]
+        lines.append(f"| {row['dataset']} | {row['codec']} | {row['profile'] or '-'} | {row['pix_fmt']} | "
+                     f"{row['width']}x{row['height']} | {row['gop']} | {row['frames']} | {row['videos']} | "
+                     f"{','.join(map(str, row['batches']))} | {','.join(row['stages'])} | " + " | ".join(nvdec) + " |")
+    lines += ["", "loader variants: " + "; ".join(plan(suite)[0]["loaders"]) if suite.videos else "",
+              "model variants: fp32 NCDHW eager (baseline), bf16 channels-last (CPU: fp32 channels-last)"
+              + (", + compile" if suite.compile else "") + f", batches {list(suite.scaling_batches)}"
+              + (" + the largest that fits" if suite.largest_batch else "")]
+    return "\n".join(lines) + "\n"
+
+
+def prepare_data(suite: Suite, data_dir: Path, results: Optional[Results] = None) -> dict[str, Path]:
+    """Generate (or reuse) each dataset of the suite; returns name -> dataset folder.
+
+    Each dataset is generated inside its own error handling: one that fails (or cannot be useful here) is
+    recorded in ``results`` (stage ``0 data``) and left out of the returned dict, the others go on.
+    """
     from pipelines.synthetic import generate_dataset
 
     roots = {}
@@ -117,11 +205,29 @@ def prepare_data(suite: Suite, data_dir: Path) -> dict[str, Path]:
         spec = dict(spec)
         codec = spec.pop("codec")
         if codec == "h264" and not torch.cuda.is_available():
-            continue  # CPU-only machine: H.264 is read only by PyAV; the smoke suite uses VP9
+            # CPU-only machine: H.264 is read only by PyAV, the comparison needs NVDEC
+            if results is not None:
+                results.skip("0 data", name, "generate", "H.264 data is only useful with a CUDA GPU (NVDEC)")
+            continue
         log.info("data: %s", name)
-        generate_dataset(root, codec=codec, seed=0, workers=os.cpu_count() or 1, **spec)
+        try:
+            generate_dataset(root, codec=codec, seed=0, workers=available_cores(), progress=False, **spec)
+        except Exception as err:  # noqa: BLE001 - one bad dataset is reported, the others still run
+            log.error("data %s failed: %s\n%s", name, err, traceback.format_exc())
+            if results is not None:
+                results.skip("0 data", name, "generate", f"failed: {type(err).__name__}: {err}")
+            continue
         roots[name] = root
     return roots
+
+
+def _missing_data(name: str, results: Results) -> str:
+    """Why a dataset is absent: its row in stage ``0 data`` (failed or skipped), for the dependent rows."""
+    for row in results.rows:
+        if row.stage == "0 data" and row.group == name and row.skipped:
+            return ("dataset failed: " + row.skipped[len("failed: "):] if row.skipped.startswith("failed")
+                    else row.skipped)
+    return "dataset not generated"
 
 
 def loader_config(suite: Suite, root: Path, backend: str, device: str, *, batch: Optional[int] = None,
@@ -135,8 +241,8 @@ def loader_config(suite: Suite, root: Path, backend: str, device: str, *, batch:
         f"data.train_short_side=[{suite.short_side[0]}, {suite.short_side[1]}]",
         f"data.test_short_side={suite.test_short_side}", f"data.test_crop={suite.test_crop}",
         f"test.num_clips={suite.num_clips}", f"test.num_crops={suite.num_crops}",
-        f"data.num_workers={len(os.sched_getaffinity(0))}",
-        "model.num_classes=400" if suite.name == "full" else "model.num_classes=8",
+        f"data.num_workers={available_cores()}",
+        f"model.num_classes={suite.num_classes}",
         "data.dtype=bf16",
     ]
     return load_config(None, overrides + list(extra))
@@ -156,48 +262,178 @@ def _alpha(model_name: str) -> int:
 
 
 def _clips(batch) -> float:
-    return float(batch[1].shape[0])
+    return float(len(batch[1]))  # the labels: a tensor, or a DALI TensorList for fn.readers.video
 
 
-def _codec_ok(backend: str, device: str, codec: str) -> Optional[str]:
-    """Why this placement cannot run here, or None."""
+def _gpu_arch() -> Optional[str]:
+    from pipelines.codecs import gpu_arch
+
+    return gpu_arch(tuple(torch.cuda.get_device_capability())) if torch.cuda.is_available() else None
+
+
+@functools.lru_cache(maxsize=None)
+def _gpu_environment_problem() -> Optional[str]:
+    """The GPU preflight's message (DALI with CUDA, libnvcuvid, one H.264 decode) or None; run once."""
+    from pipelines.preflight import PreflightError, preflight_gpu_environment
+
+    try:
+        preflight_gpu_environment()
+    except PreflightError as err:
+        return str(err)
+    return None
+
+
+def _codec_ok(backend: str, device: str, video: dict) -> Optional[str]:
+    """Why this placement cannot run on this dataset here, or None. ``video``: :func:`dataset_format`."""
     if device == "gpu" and not torch.cuda.is_available():
         return "no CUDA GPU on this machine"
-    if backend == "dali" and device == "cpu" and codec not in ("vp8", "vp9", "mjpeg"):
-        return f"DALI's CPU decoder cannot read {codec}"
     if backend == "dali":
         try:
             import nvidia.dali  # noqa: F401
         except ImportError as err:
             return f"DALI unavailable ({err})"
+        if device == "gpu" and _gpu_environment_problem():
+            return _gpu_environment_problem()
+        arch = _gpu_arch() if device == "gpu" else None
+        reason = why_not_decodable(video, device, arch)
+        if reason:
+            return reason + (f" ({ARCH_NAMES[arch]})" if arch and ARCH_NAMES[arch] not in reason else "")
     return None
+
+
+def _memory_outside_torch(device: torch.device) -> Optional[int]:
+    """Bytes in use on ``device`` that torch's allocator does not hold: DALI's memory pool, NVDEC's decode
+    surfaces and the CUDA contexts. DALI does not count its pool in torch's figures, so this is how its
+    footprint shows; None off CUDA."""
+    if device.type != "cuda":
+        return None
+    free, total = torch.cuda.mem_get_info(device)
+    return total - free - torch.cuda.memory_reserved(device)
+
+
+def _dali_pipeline_memory(loader) -> Optional[int]:
+    """Bytes DALI's own executor statistics report for the loader's pipeline (the peak reserved per
+    operator, summed), where the pipeline was built with ``enable_memory_stats=True``; else None."""
+    pipe = getattr(loader, "_pipe", None) or getattr(loader, "pipe", None)
+    stats = getattr(pipe, "executor_statistics", None)
+    if stats is None:
+        return None
+    try:
+        per_op = stats()
+    except Exception:  # noqa: BLE001 - statistics are optional; a DALI without them reports nothing
+        return None
+    sizes = [sum(v) if isinstance(v, (list, tuple)) else v
+             for op in per_op.values() for k, v in op.items() if k == "max_reserved_memory_size"]
+    return int(sum(sizes)) if sizes else None
+
+
+def _release_dali_memory() -> None:
+    """Hand DALI's unused pooled device memory back (``nvidia.dali.backend.ReleaseUnusedMemory``)."""
+    import gc
+
+    gc.collect()
+    try:
+        from nvidia.dali.backend import ReleaseUnusedMemory
+    except ImportError:
+        return
+    ReleaseUnusedMemory()
+
+
+READERS_VIDEO_LABEL = "DALI GPU fn.readers.video"
+
+
+class ReadersVideoLoader:
+    """DALI's own reader-decoder ``fn.readers.video`` (GPU only) with this project's training augmentation
+    (random short side, random crop, flip, mean/std, fp16 FHWC): the second GPU contender of stage 1.
+
+    It reads files and picks clips itself (``sequence_length`` frames ``stride`` apart, shuffled), so it
+    delivers the same amount of work per clip as the project's loader, not the same clips. One epoch per
+    ``iter``. See https://docs.nvidia.com/deeplearning/dali/user-guide/docs/operations/nvidia.dali.fn.readers.video.html
+    """
+
+    def __init__(self, suite: Suite, root: Path, batch: int) -> None:
+        from nvidia.dali import fn, pipeline_def, types
+
+        from pipelines.dataset import read_list
+
+        entries = read_list(root / "train.list")
+        files, labels = [str(root / path) for path, _ in entries], [label for _, label in entries]
+        self.batch = batch
+
+        @pipeline_def(batch_size=batch, num_threads=max(1, min(4, available_cores())),
+                      device_id=torch.cuda.current_device(), seed=0)
+        def readers_video():
+            frames, label = fn.readers.video(device="gpu", filenames=files, labels=labels, name="Reader",
+                                             sequence_length=suite.frames, stride=suite.sampling_rate,
+                                             random_shuffle=True, initial_fill=len(files), pad_last_batch=True)
+            short = fn.random.uniform(range=[float(suite.short_side[0]), float(suite.short_side[1])])
+            frames = fn.resize(frames, resize_shorter=short)
+            frames = fn.crop_mirror_normalize(
+                frames, crop=(suite.crop, suite.crop), crop_pos_x=fn.random.uniform(range=[0.0, 1.0]),
+                crop_pos_y=fn.random.uniform(range=[0.0, 1.0]), mirror=fn.random.coin_flip(),
+                mean=[0.45 * 255] * 3, std=[0.225 * 255] * 3, dtype=types.FLOAT16, output_layout="FHWC")
+            return frames, label
+
+        self.pipe = readers_video()
+        self.pipe.build()
+        self.batches_per_epoch = max(1, self.pipe.epoch_size("Reader") // batch)
+
+    def __iter__(self):
+        for _ in range(self.batches_per_epoch):
+            frames, labels = self.pipe.run()
+            yield frames, labels
+
+
+def _measure_loader(suite: Suite, loader, device: torch.device) -> Measurement:
+    with NvdecMonitor() as mon:
+        m = measure_iterable(lambda: loader, _clips, warmup=suite.warmup, repeats=suite.repeats,
+                             iters=suite.iters, unit="clips/s", device=device)
+    m.extra["frames_per_s"] = round(m.median * suite.frames)
+    if mon.mean is not None:
+        m.extra["nvdec_util_pct"] = round(mon.mean, 1)
+    return m
 
 
 def stage_loader(suite: Suite, roots: dict[str, Path], results: Results) -> None:
     from pipelines import build_loader
 
     alpha = _alpha(suite.model)
+    device = _device()
     for name in suite.loader_sets:
         if name not in roots:
-            results.skip("1 loader", name, "all", "dataset needs a GPU to be useful (H.264)", "clips/s")
+            results.skip("1 loader", name, "all", _missing_data(name, results), "clips/s")
             continue
-        codec = suite.videos[name]["codec"]
+        video = dataset_format(suite.videos[name])
         batches = [suite.batch] if name != suite.loader_sets[0] else list(suite.scaling_batches)
         for batch in batches:
             group = f"{name} b{batch}"
-            for i, (label, backend, device) in enumerate(LOADER_VARIANTS):
-                reason = _codec_ok(backend, device, codec)
+            for i, (label, backend, placement) in enumerate(LOADER_VARIANTS + (("", "readers", "gpu"),)):
+                label = label or READERS_VIDEO_LABEL
+                reason = _codec_ok("dali" if backend == "readers" else backend, placement, video)
                 if reason:
                     results.skip("1 loader", group, label, reason, "clips/s")
                     continue
-                cfg = loader_config(suite, roots[name], backend, device, batch=batch)
-                loader = build_loader(cfg, "train", alpha=alpha)
-                with NvdecMonitor() as mon:
-                    m = measure_iterable(lambda: loader, _clips, warmup=suite.warmup, repeats=suite.repeats,
-                                         iters=suite.iters, unit="clips/s", device=_device())
-                m.extra["frames_per_s"] = round(m.median * suite.frames)
-                if mon.mean is not None:
-                    m.extra["nvdec_util_pct"] = round(mon.mean, 1)
+                try:
+                    before = _memory_outside_torch(device) if placement == "gpu" else None
+                    if backend == "readers":
+                        loader = ReadersVideoLoader(suite, roots[name], batch)
+                    else:
+                        loader = build_loader(loader_config(suite, roots[name], backend, placement, batch=batch),
+                                              "train", alpha=alpha)
+                    m = _measure_loader(suite, loader, device)
+                except Exception as err:  # noqa: BLE001 - one failing variant is reported, the others run
+                    log.error("loader %s %s failed: %s\n%s", group, label, err, traceback.format_exc())
+                    results.skip("1 loader", group, label, f"failed: {type(err).__name__}: {err}", "clips/s")
+                    continue
+                if before is not None:
+                    after = _memory_outside_torch(device)
+                    m.extra["dali_gpu_mem_mb"] = round(max(after - before, 0) / 2**20)
+                    own = _dali_pipeline_memory(loader)
+                    if own is not None:
+                        m.extra["dali_reported_mem_mb"] = round(own / 2**20)
+                del loader
+                if before is not None:
+                    _release_dali_memory()  # so the next variant's figure starts from an empty DALI pool
                 results.add("1 loader", group, label, m, baseline=(i == 0))
 
 
@@ -260,11 +496,11 @@ def stage_e2e(suite: Suite, roots: dict[str, Path], results: Results, bounds: di
 
     device = _device()
     ours, ours_compiled = our_variants(device)
-    name = suite.loader_sets[-1] if suite.name == "smoke" else "k400-340x256-gop16"
+    name = suite.e2e_dataset
     if name not in roots:
-        results.skip("3 e2e", suite.model, "all", "dataset needs a GPU (H.264)", "clips/s")
+        results.skip("3 e2e", suite.model, "all", _missing_data(name, results), "clips/s")
         return
-    codec = suite.videos[name]["codec"]
+    video = dataset_format(suite.videos[name])
     alpha = _alpha(suite.model)
     ours_device = "gpu" if device.type == "cuda" else "cpu"
     stacks = [("PyAV + fp32 NCDHW", "pyav", "cpu", BASELINE), (f"DALI {ours_device.upper()} + {ours.name}",
@@ -273,7 +509,7 @@ def stage_e2e(suite: Suite, roots: dict[str, Path], results: Results, bounds: di
         stacks.append((f"DALI {ours_device.upper()} + {ours_compiled.name}", "dali", ours_device, ours_compiled))
     group = f"{suite.model} b{suite.batch} {name}"
     for i, (label, backend, placement, variant) in enumerate(stacks):
-        reason = _codec_ok(backend, placement, codec)
+        reason = _codec_ok(backend, placement, video)
         if reason:
             results.skip("3 e2e", group, label, reason, "clips/s")
             continue
@@ -311,20 +547,20 @@ def stage_multicrop(suite: Suite, roots: dict[str, Path], results: Results) -> N
     from pipelines import build_loader
 
     device = _device()
-    name = suite.loader_sets[-1] if suite.name == "smoke" else "k400-340x256-gop16"
+    name = suite.e2e_dataset
     if name not in roots:
-        results.skip("4 multicrop", suite.model, "all", "dataset needs a GPU (H.264)", "videos/s")
+        results.skip("4 multicrop", suite.model, "all", _missing_data(name, results), "videos/s")
         return
-    codec = suite.videos[name]["codec"]
+    video = dataset_format(suite.videos[name])
     placement = "gpu" if device.type == "cuda" else "cpu"
-    model = create_model(suite.model, num_classes=400 if suite.name == "full" else 8, **suite.model_args)
+    model = create_model(suite.model, num_classes=suite.num_classes, **suite.model_args)
     model = model.to(device).to(memory_format=torch.channels_last_3d).eval()
     autocast = (torch.autocast(device.type, dtype=torch.bfloat16) if device.type == "cuda"
                 else contextlib.nullcontext())
     group = f"{suite.model} {suite.num_clips}x{suite.num_crops} views {name}"
     variants = [("DALI decode per view", True), ("DALI decode once", False)]
     for i, (label, per_view) in enumerate(variants):
-        reason = _codec_ok("dali", placement, codec)
+        reason = _codec_ok("dali", placement, video)
         if reason:
             results.skip("4 multicrop", group, label, reason, "videos/s")
             continue
@@ -343,16 +579,14 @@ def stage_multicrop(suite: Suite, roots: dict[str, Path], results: Results) -> N
         results.add("4 multicrop", group, label, m, baseline=(i == 0))
 
 
-STAGES = ("loader", "model", "e2e", "multicrop")
-
-
-def run(suite_name: str, out_dir: Path, data_dir: Path, only: Optional[set[str]] = None) -> dict[str, Path]:
-    suite = SUITES[suite_name]
+def run(suite_name, out_dir: Path, data_dir: Path, only: Optional[set[str]] = None) -> dict[str, Path]:
+    """Run a suite (a name of SUITES, or a :class:`Suite`) and write its results under ``out_dir``."""
+    suite = suite_name if isinstance(suite_name, Suite) else SUITES[suite_name]
     env = environment()
     env["date"] = datetime.date.today().isoformat()
-    results = Results(suite_name, env)
-    stages = only or set(STAGES)
-    roots = prepare_data(suite, data_dir) if stages & {"loader", "e2e", "multicrop"} else {}
+    results = Results(suite.name, env)
+    stages = (only or set(STAGES)) & set(suite.stages)
+    roots = prepare_data(suite, data_dir, results) if stages & {"loader", "e2e", "multicrop"} else {}
     bounds: dict = {}
     for stage in STAGES:
         if stage not in stages:
@@ -374,11 +608,10 @@ def run(suite_name: str, out_dir: Path, data_dir: Path, only: Optional[set[str]]
         log.info("stage %s took %.1f s", stage, time.perf_counter() - started)
         synchronize()
     device = (env.get("gpu") or "cpu").replace(" ", "-")
-    stem = f"{suite_name}-{env['date']}-{device}"
+    stem = f"{suite.name}-{env['date']}-{device}"
     paths = results.write(out_dir, stem)
     for kind, path in list(paths.items()):
-        latest = out_dir / f"latest-{suite_name}{path.suffix}"
-        shutil.copyfile(path, latest)
+        atomic_copy(path, out_dir / f"latest-{suite.name}{path.suffix}")
     print(results.markdown())
     return paths
 
@@ -386,7 +619,11 @@ def run(suite_name: str, out_dir: Path, data_dir: Path, only: Optional[set[str]]
 def main(argv: Optional[list[str]] = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--suite", choices=sorted(SUITES), default="smoke")
-    parser.add_argument("--out", type=Path, default=RESULTS_DIR, help="where results are written")
+    parser.add_argument("--out", type=Path, default=None,
+                        help=f"where results are written (default: {SCRATCH_DIR}/<suite>; with --save: {RESULTS_DIR})")
+    parser.add_argument("--save", action="store_true",
+                        help="write the results into benchmarks/results/ (the committed figures)")
+    parser.add_argument("--dry-run", action="store_true", help="list the planned datasets and variants, run nothing")
     parser.add_argument("--data", type=Path, default=Path("data/benchmarks"), help="generated videos (reused)")
     parser.add_argument("--only", default=None, help=f"comma-separated stages among {sorted(STAGES)}")
     args = parser.parse_args(argv)
@@ -395,7 +632,11 @@ def main(argv: Optional[list[str]] = None) -> int:
     if only and not only <= set(STAGES):
         parser.error(f"--only {args.only!r}: unknown stage(s) {sorted(only - set(STAGES))}; "
                      f"choose from {sorted(STAGES)}")
-    paths = run(args.suite, args.out, args.data, only)
+    if args.dry_run:
+        print(dry_run(SUITES[args.suite]), end="")
+        return 0
+    out = args.out or (RESULTS_DIR if args.save else SCRATCH_DIR / args.suite)
+    paths = run(args.suite, out, args.data, only)
     print("wrote " + ", ".join(str(p) for p in paths.values()))
     return 0
 

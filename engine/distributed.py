@@ -13,6 +13,12 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
+from utils.errors import UserError
+
+
+class DistributedSetupError(UserError, RuntimeError):
+    """A launch this machine cannot serve (e.g. more local ranks than GPUs); the message says how to fix it."""
+
 
 @dataclass
 class DistInfo:
@@ -37,7 +43,7 @@ def init_distributed(prefer_cuda: bool = True, timeout_minutes: int = 30) -> Dis
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     use_cuda = prefer_cuda and torch.cuda.is_available()
     if use_cuda:
-        device = torch.device("cuda", local_rank % torch.cuda.device_count())
+        device = torch.device("cuda", cuda_device_index(local_rank))
         torch.cuda.set_device(device)
     else:
         device = torch.device("cpu")
@@ -48,6 +54,28 @@ def init_distributed(prefer_cuda: bool = True, timeout_minutes: int = 30) -> Dis
             **({"device_id": device} if use_cuda else {}),
         )
     return DistInfo(rank, world_size, local_rank, device)
+
+
+def cuda_device_index(local_rank: int) -> int:
+    """The GPU of local rank ``local_rank``: one GPU per rank, never shared.
+
+    NOTE: ``local_rank % device_count`` would put two ranks on one GPU, which NCCL refuses or hangs on
+    ("Duplicate GPU detected"), and which halves every rank's memory and NVDEC share even where it runs.
+
+    Raises:
+        DistributedSetupError: more local ranks than visible GPUs.
+    """
+    count = torch.cuda.device_count()
+    local_world = os.environ.get("LOCAL_WORLD_SIZE")
+    ranks_here = int(local_world) if local_world else local_rank + 1
+    if local_rank >= count or ranks_here > count:
+        visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+        shown = f" (CUDA_VISIBLE_DEVICES={visible!r})" if visible is not None else ""
+        raise DistributedSetupError(
+            f"LOCAL_RANK={local_rank} with LOCAL_WORLD_SIZE={local_world or 'unset'} needs one GPU per local rank, "
+            f"but this node has {count} visible GPU(s){shown}; launch at most {count} process(es) per node "
+            f"(torchrun --nproc_per_node={count}), or run on the CPU with gloo: CUDA_VISIBLE_DEVICES=\"\"")
+    return local_rank
 
 
 def is_dist() -> bool:

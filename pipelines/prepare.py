@@ -23,9 +23,7 @@ import concurrent.futures as futures
 import json
 import os
 import random
-import shutil
 import sys
-import time
 from fractions import Fraction
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Optional, Sequence
@@ -34,6 +32,9 @@ from pipelines.probe import ProbeError, _rate_of, probe_video
 from pipelines.dataset import DatasetError, VideoRecord, index_path_for, read_list, write_index
 from pipelines.codecs import WRITERS, codec_suffix
 from pipelines.video_io import write_video
+from utils.atomic import atomic_copy, atomic_open, write_text
+from utils.cpus import available_cores
+from utils.progress import Progress
 
 VIDEO_SUFFIXES = {".mp4", ".webm", ".mkv", ".avi", ".mov", ".m4v", ".flv", ".mpg", ".mpeg", ".ts", ".3gp"}
 CLASS_NAMES_FILE = "classes.txt"
@@ -50,49 +51,17 @@ def _probe_entry(job: tuple[str, str, int]) -> tuple[bool, dict[str, Any]]:
     return True, {"path": rel_path, "label": label, **info}
 
 
-class Progress:
-    """A one-line progress report on stderr: count, rate and ETA (rewritten in place on a terminal)."""
-
-    def __init__(self, total: int, what: str, stream: Any = None, every_s: float = 0.5):
-        self.total, self.what = total, what
-        self.stream = stream if stream is not None else sys.stderr
-        self.every_s = every_s
-        self.start = self.last = time.monotonic()
-        self.done = 0
-        self.tty = hasattr(self.stream, "isatty") and self.stream.isatty()
-
-    def update(self, n: int = 1) -> None:
-        self.done += n
-        now = time.monotonic()
-        # off a terminal, print a line now and then rather than a carriage-return storm in the log
-        if self.done == self.total or now - self.last >= (self.every_s if self.tty else 10.0):
-            self.last = now
-            self._write(now)
-
-    def _write(self, now: float) -> None:
-        elapsed = max(now - self.start, 1e-9)
-        rate = self.done / elapsed
-        eta = (self.total - self.done) / rate if rate > 0 else 0.0
-        line = (f"{self.what}: {self.done}/{self.total} ({rate:.1f}/s, elapsed {_clock(elapsed)}, "
-                f"ETA {_clock(eta)})")
-        self.stream.write(("\r" + line + ("\n" if self.done == self.total else "")) if self.tty else line + "\n")
-        self.stream.flush()
-
-
-def _clock(seconds: float) -> str:
-    seconds = int(seconds)
-    return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
-
-
 def _parallel_map(function: Callable, jobs: Sequence[Any], workers: int, what: str,
                   progress: bool = True) -> Iterator[Any]:
     """``map(function, jobs)`` in order over a process pool (in-process for one worker)."""
-    bar = Progress(len(jobs), what) if progress and jobs else None
+    bar = Progress(len(jobs), what, unit="videos") if progress and jobs else None
     if workers <= 1 or len(jobs) <= 1:
         for job in jobs:
             yield function(job)
             if bar:
                 bar.update()
+        if bar:
+            bar.close()
         return
     chunk = max(1, min(64, len(jobs) // (workers * 8)))
     with futures.ProcessPoolExecutor(max_workers=workers) as pool:
@@ -100,13 +69,13 @@ def _parallel_map(function: Callable, jobs: Sequence[Any], workers: int, what: s
             yield result
             if bar:
                 bar.update()
+    if bar:
+        bar.close()
 
 
 def default_workers() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        return os.cpu_count() or 1
+    """Processes for probing and transcoding: every core this process may use."""
+    return available_cores()
 
 
 def probe_entries(entries: Sequence[tuple[str, int]], root: str | os.PathLike, workers: Optional[int] = None,
@@ -128,24 +97,28 @@ def probe_entries(entries: Sequence[tuple[str, int]], root: str | os.PathLike, w
     records, bad = [], []
     for ok, result in _parallel_map(_probe_entry, jobs, workers or default_workers(), "probing", progress):
         if ok:
-            records.append(VideoRecord(**result))
+            records.append(_record(result))
         else:
             bad.append(result)
     return records, bad
 
 
+def _record(probed: dict[str, Any]) -> VideoRecord:
+    """A VideoRecord from ``{"path", "label", **probe_video(...)}``: keys VideoRecord has no field for
+    (``profile``, ``pix_fmt``, ``bit_depth``, ``chroma``) go to ``record.extra``, so the index carries them."""
+    fields = VideoRecord.__dataclass_fields__
+    known = {k: v for k, v in probed.items() if k in fields and k != "extra"}
+    return VideoRecord(**known, extra={k: v for k, v in probed.items() if k not in fields})
+
+
 def _write_jsonl(rows: Iterable[dict[str, Any]], path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w") as handle:
+    with atomic_open(path, "w") as handle:
         for row in rows:
             handle.write(json.dumps(row) + "\n")
-    os.replace(tmp, path)
 
 
 def _write_text(text: str, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    write_text(path, text)
 
 
 def bad_report_path(list_path: str | os.PathLike) -> Path:
@@ -406,7 +379,7 @@ def transcode_lists(list_paths: Sequence[Path], root: Path, out_root: Path, shor
         new_lists.append(new_list)
         classes = Path(list_path).parent / CLASS_NAMES_FILE
         if classes.is_file() and not (out_root / CLASS_NAMES_FILE).exists():
-            shutil.copyfile(classes, out_root / CLASS_NAMES_FILE)
+            atomic_copy(classes, out_root / CLASS_NAMES_FILE)
     return new_lists
 
 

@@ -23,6 +23,29 @@ def _rate_of(stream: Any) -> Optional[Fraction]:
     return None
 
 
+def pixel_format_info(pix_fmt: Optional[str]) -> dict[str, Any]:
+    """Bit depth and chroma subsampling of an FFmpeg pixel format: ``yuv420p`` -> 8, ``"420"``;
+    ``yuv422p10le`` -> 10, ``"422"``; ``gray`` -> 8, ``"400"``. Unknown formats give None for both."""
+    import av
+
+    if not pix_fmt:
+        return {"bit_depth": None, "chroma": None}
+    try:
+        fmt = av.VideoFormat(pix_fmt)
+    except (ValueError, av.FFmpegError):
+        return {"bit_depth": None, "chroma": None}
+    components = list(fmt.components)
+    depth = max(c.bits for c in components) if components else None
+    colour = [c for c in components if not c.is_alpha]
+    if len(colour) < 3:
+        chroma = "400"
+    else:
+        # chroma plane size for a 64x64 luma plane: 32x32 -> 4:2:0, 32x64 -> 4:2:2, 64x64 -> 4:4:4
+        ratio = (64 // max(fmt.chroma_width(64), 1), 64 // max(fmt.chroma_height(64), 1))
+        chroma = {(1, 1): "444", (2, 1): "422", (2, 2): "420", (4, 1): "411", (4, 4): "410"}.get(ratio)
+    return {"bit_depth": depth, "chroma": chroma}
+
+
 def probe_video(path: str | os.PathLike) -> dict[str, Any]:
     """What a loader needs to know about a video, read from its container and packets.
 
@@ -36,7 +59,10 @@ def probe_video(path: str | os.PathLike) -> dict[str, Any]:
 
     Returns:
         dict with ``codec``, ``width``, ``height``, ``fps`` (float, exact for rational rates such as
-        30000/1001), ``num_frames``, ``duration`` (seconds) and ``keyframe_interval``.
+        30000/1001), ``num_frames``, ``duration`` (seconds), ``keyframe_interval``, and what decides whether
+        a hardware decoder takes the stream: ``profile`` (FFmpeg's name, e.g. ``"High"``, or None),
+        ``pix_fmt`` (e.g. ``"yuv420p"``), ``bit_depth`` (8, 10, 12) and ``chroma`` (``"420"``, ``"422"``,
+        ``"444"``, ``"400"``); see :mod:`pipelines.codecs` for what NVDEC decodes.
 
     Raises:
         ProbeError: unreadable, corrupt, empty or audio-only files, or files with no decodable frame.
@@ -59,6 +85,8 @@ def probe_video(path: str | os.PathLike) -> dict[str, Any]:
         stream = container.streams.video[0]
         codec = canonical_codec(stream.codec_context.name)
         width, height = int(stream.codec_context.width), int(stream.codec_context.height)
+        profile = stream.codec_context.profile or None
+        pix_fmt = stream.codec_context.pix_fmt or None
         rate = _rate_of(stream)
         start_pts = stream.start_time
         num_frames, keyframes, last_pts, last_duration = 0, [], None, 0
@@ -85,6 +113,8 @@ def probe_video(path: str | os.PathLike) -> dict[str, Any]:
             raise ProbeError(f"{path!r}: no frame of the {codec} stream decodes")
         if not width or not height:
             width, height = first.width, first.height
+        if not pix_fmt and first.format is not None:
+            pix_fmt = first.format.name
     finally:
         container.close()
     time_base = float(stream.time_base) if stream.time_base else 0.0
@@ -98,4 +128,5 @@ def probe_video(path: str | os.PathLike) -> dict[str, Any]:
     starts = keyframes + [num_frames]
     keyframe_interval = max(b - a for a, b in zip(starts[:-1], starts[1:])) if keyframes else num_frames
     return {"codec": codec, "width": width, "height": height, "fps": float(rate), "num_frames": num_frames,
-            "duration": round(duration, 6), "keyframe_interval": int(keyframe_interval)}
+            "duration": round(duration, 6), "keyframe_interval": int(keyframe_interval),
+            "profile": str(profile) if profile else None, "pix_fmt": pix_fmt, **pixel_format_info(pix_fmt)}

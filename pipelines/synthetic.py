@@ -39,6 +39,7 @@ import numpy as np
 from pipelines.dataset import DatasetError, index_path_for
 from pipelines.codecs import WRITERS, codec_suffix
 from pipelines.video_io import write_video
+from utils.atomic import write_text
 
 CLASSES = ("moving_left", "moving_right", "moving_up", "moving_down",
            "rotating_clockwise", "rotating_counterclockwise", "growing", "shrinking")
@@ -433,9 +434,7 @@ def generate_dataset(
 
 
 def _write(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    write_text(path, text)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -445,7 +444,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--mode", default="motion", choices=MODES)
     parser.add_argument("--train-per-class", type=int, default=None, help="default: 40 (motion), 2 (kinetics)")
     parser.add_argument("--val-per-class", type=int, default=None, help="default: 10 (motion), 1 (kinetics)")
-    parser.add_argument("--width", type=int, default=None, help="default: 128 (motion), 340 (kinetics; or 455)")
+    parser.add_argument("--width", type=int, default=None, help="default: 128 (motion), 340 (kinetics; or 456)")
     parser.add_argument("--height", type=int, default=None, help="default: 96 (motion), 256 (kinetics)")
     parser.add_argument("--num-frames", type=int, default=None, help="default: 64 (motion), 300 (kinetics)")
     parser.add_argument("--fps", type=float, default=None, help="default: 30")

@@ -5,6 +5,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from benchmarks import timing
 from benchmarks.report import Results
@@ -90,3 +91,120 @@ def test_smoke_suite_runs_and_reports_sane_figures(tmp_path):
             assert row["median"] > 0 and row["min"] > 0 and row["max"] >= row["median"] >= row["min"]
     assert data["environment"]["torch"]
     assert (out / "latest-smoke.md").is_file()
+
+
+# ---------------------------------------------------------------------------------------------------------
+# the plan: even sizes, NVDEC-decodable data, per-dataset failures, where results go
+
+from benchmarks import run as bench  # noqa: E402
+from pipelines.codecs import why_not_decodable  # noqa: E402
+
+
+def test_every_planned_size_is_even_and_odd_sizes_are_refused():
+    for suite in bench.SUITES.values():
+        for name, spec in suite.videos.items():
+            assert spec["width"] % 2 == 0 and spec["height"] % 2 == 0, (suite.name, name)
+    with pytest.raises(ValueError, match="'k400-455x256' is 455x256; 4:2:0 video needs an even width and height"):
+        bench.Suite(**{**bench.SUITES["full"].__dict__, "videos": {"k400-455x256": bench._kinetics(455, 16)},
+                       "loader_sets": ("k400-455x256",), "e2e_set": None})
+
+
+@pytest.mark.parametrize("suite", sorted(bench.SUITES))
+@pytest.mark.parametrize("arch", ["hopper", "ga100"])
+def test_planned_datasets_decode_on_nvdec(suite, arch):
+    # NVIDIA's NVDEC tables (see tests/test_codecs.py): H.264 High 4:2:0 8-bit from 48x16, VP9 Profile 0 from
+    # 128x128, both on Hopper (H100/H200) and on the A100 (GA100)
+    for row in bench.plan(bench.SUITES[suite]):
+        assert why_not_decodable(row, "gpu", arch) is None, row
+
+
+def test_smoke_data_also_decodes_on_dalis_cpu_decoder():
+    for row in bench.plan(bench.SUITES["smoke"]):
+        assert row["codec"] == "vp9" and why_not_decodable(row, "cpu") is None
+
+
+def test_dry_run_lists_the_plan_and_runs_nothing(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "benchmarks.run", "--suite", "full", "--dry-run",
+                           "--data", str(tmp_path / "d"), "--out", str(tmp_path / "r")],
+                          cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    lines = proc.stdout.splitlines()
+    for name, spec in bench.SUITES["full"].videos.items():
+        row = next(line for line in lines if line.startswith(f"| {name} |"))
+        gop, size = spec["keyframe_interval"], f"{spec['width']}x{spec['height']}"
+        assert f"| h264 | High | yuv420p | {size} | {gop} |" in row and row.endswith("| ok | ok |"), row
+    assert "| k400-340x256-gop250 | h264 | High | yuv420p | 340x256 | 250 | 300 | 40 | 8,16,32 |" in proc.stdout
+    assert "DALI GPU fn.readers.video" in proc.stdout
+    assert not (tmp_path / "d").exists() and not (tmp_path / "r").exists()
+
+
+def test_results_go_to_scratch_unless_saved(monkeypatch):
+    seen = []
+    monkeypatch.setattr(bench, "run", lambda suite, out, data, only: seen.append(out) or {})
+    bench.main(["--suite", "smoke"])
+    bench.main(["--suite", "smoke", "--save"])
+    assert seen == [bench.SCRATCH_DIR / "smoke", bench.RESULTS_DIR]
+    assert bench.SCRATCH_DIR != bench.RESULTS_DIR
+
+
+@pytest.mark.dali
+def test_a_failing_dataset_is_reported_and_the_others_still_run(tmp_path, monkeypatch):
+    import pipelines.synthetic as synthetic
+
+    generate = synthetic.generate_dataset
+
+    def generate_or_fail(out_dir, **kwargs):
+        if "broken" in str(out_dir):
+            raise RuntimeError("encoder exploded")
+        return generate(out_dir, **kwargs)
+
+    monkeypatch.setattr(synthetic, "generate_dataset", generate_or_fail)
+    small = dict(mode="motion", width=64, height=48, fps=30, num_frames=24, codec="vp9", keyframe_interval=8,
+                 num_train_per_class=1, num_val_per_class=1)
+    suite = bench.Suite(**{**bench.SUITES["smoke"].__dict__, "name": "unit",
+                           "videos": {"broken-64x48": small, "good-64x48": small},
+                           "loader_sets": ("broken-64x48", "good-64x48"), "scaling_batches": (2,),
+                           "warmup": 1, "repeats": 1, "iters": 1})
+    bench.run(suite, tmp_path / "out", tmp_path / "data", only={"loader"})
+    rows = json.loads((tmp_path / "out" / "latest-unit.json").read_text())["rows"]
+    data = [r for r in rows if r["stage"] == "0 data"]
+    assert data == [dict(data[0], group="broken-64x48", variant="generate",
+                         skipped="failed: RuntimeError: encoder exploded")]
+    broken = [r for r in rows if r["stage"] == "1 loader" and r["group"].startswith("broken")]
+    assert broken and all(r["skipped"] == "dataset failed: RuntimeError: encoder exploded" for r in broken)
+    good = {r["variant"]: r for r in rows if r["stage"] == "1 loader" and r["group"] == "good-64x48 b2"}
+    assert good["PyAV + DataLoader"]["median"] > 0 and good["DALI CPU"]["median"] > 0
+    if not torch.cuda.is_available():
+        assert good["DALI GPU"]["skipped"] == good["DALI GPU fn.readers.video"]["skipped"] == \
+            "no CUDA GPU on this machine"
+
+
+def test_gpu_check_without_cuda_says_it_needs_one():
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a CUDA GPU")
+    proc = subprocess.run([sys.executable, "-m", "benchmarks.gpu_check"], cwd=ROOT, capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 2
+    assert proc.stderr.startswith("gpu-check needs a CUDA GPU: torch ")
+    assert not list((ROOT / "benchmarks" / "results").glob("gpu-check-summary-*"))
+
+
+def test_gpu_check_summary_names_the_device_and_every_step(tmp_path, monkeypatch, capsys):
+    from benchmarks import gpu_check
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "NVIDIA H200")
+    steps = [gpu_check.StepResult("preflight", "pass", 3.0, "NVIDIA H200 (compute 9.0)"),
+             gpu_check.StepResult("gpu-tests", "fail", 80.0, "exit 1: 1 failed, 20 passed"),
+             gpu_check.StepResult("demo", "skipped", 0.0, "--skip"),
+             gpu_check.StepResult("benchmark", "pass", 150.0, "wrote ...")]
+    monkeypatch.setattr(gpu_check, "run_steps", lambda skip, out, data: steps)
+    assert gpu_check.main(["--out", str(tmp_path)]) == 1
+    text = capsys.readouterr().out
+    assert text.startswith("gpu-check on NVIDIA H200: FAIL\n")
+    assert "FAIL    gpu-tests" in text and "SKIPPED demo" in text and "PASS    benchmark" in text
+    (summary,) = tmp_path.glob("gpu-check-summary-*-NVIDIA-H200.json")
+    data = json.loads(summary.read_text())
+    assert data["device"] == "NVIDIA H200" and data["passed"] is False
+    assert [s["status"] for s in data["steps"]] == ["pass", "fail", "skipped", "pass"]
+    assert sum(gpu_check.BUDGET_S.values()) < 600

@@ -1,7 +1,9 @@
 """DALI pipelines on the GPU (data.device=gpu: NVDEC through the mixed backend), on small H.264 videos.
 
-Skipped without CUDA. The same checks as tests/test_dali_cpu.py, plus the zero-copy channels-last handoff
-and the fp16/bf16 outputs.
+Skipped without CUDA. The same checks as tests/test_dali_cpu.py, plus the zero-copy channels-last handoff,
+the fp16/bf16 outputs and the GPU preflight. The videos are what NVDEC decodes on every generation (NVDEC
+application note, Video Codec SDK 13.0): H.264 High profile, 4:2:0, 8-bit, lossy (CRF 12), at least 48x16;
+never libx264's lossless High 4:4:4 Predictive.
 """
 from __future__ import annotations
 
@@ -15,25 +17,49 @@ pytest.importorskip("nvidia.dali", reason="NVIDIA DALI is not installed")
 from pipelines import sampling  # noqa: E402
 from pipelines.dali_loader import build_dali_loader  # noqa: E402
 from pipelines.dataset import VideoRecord  # noqa: E402
-from pipelines.video_io import numbered_frames  # noqa: E402
+from pipelines.probe import probe_video  # noqa: E402
+from pipelines.video_io import numbered_frames, write_video  # noqa: E402
 from test_dali_cpu import (ALPHA, DECODER_MAX_LEVELS, DECODER_MEAN_LEVELS, LEVEL, MEAN, SHAPES,  # noqa: E402
-                           STD, T, _write_set, copies, frame_numbers, make_cfg,
+                           STD, T, copies, frame_numbers, make_cfg,
                            smooth_frames)
 
 pytestmark = [pytest.mark.gpu, pytest.mark.dali,
               pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (NVDEC)")]
 
 
+def _write_h264_set(root, content) -> list[VideoRecord]:
+    """One H.264 video (High, 4:2:0, 8-bit, CRF 12, keyframe every 8) per entry of SHAPES, probed."""
+    records = []
+    for i, (height, width, frames) in enumerate(SHAPES):
+        path = write_video(root / f"video_{i}.mp4", content(frames, height, width), fps=30, codec="h264",
+                           keyframe_interval=8, quality=12)
+        info = probe_video(path)
+        records.append(VideoRecord(path.name, label=i % 3, num_frames=frames, fps=30.0, width=width, height=height,
+                                   codec="h264", extra={k: info[k] for k in ("profile", "pix_fmt", "bit_depth",
+                                                                            "chroma")}))
+    return records
+
+
 @pytest.fixture(scope="module")
 def numbered(tmp_path_factory):
     root = tmp_path_factory.mktemp("numbered_h264")
-    return root, _write_set(root, lambda n, h, w: numbered_frames(n, h, w), codec="h264")
+    return root, _write_h264_set(root, lambda n, h, w: numbered_frames(n, h, w))
 
 
 @pytest.fixture(scope="module")
 def smooth(tmp_path_factory):
     root = tmp_path_factory.mktemp("smooth_h264")
-    return root, _write_set(root, smooth_frames, codec="h264")
+    return root, _write_h264_set(root, smooth_frames)
+
+
+def test_fixtures_are_what_nvdec_decodes_and_pass_the_preflight(numbered):
+    from pipelines.preflight import preflight_gpu_data, preflight_gpu_environment
+
+    root, records = numbered
+    assert {(r.extra["profile"], r.extra["pix_fmt"], r.extra["bit_depth"], r.extra["chroma"]) for r in records} == \
+        {("High", "yuv420p", 8, "420")}
+    info = preflight_gpu_environment()  # DALI with CUDA, libnvcuvid, one H.264 video decoded on this GPU
+    preflight_gpu_data(records, root, root / "train.list", info["arch"])
 
 
 def gpu_loader(data, split, *overrides, **kwargs):
@@ -191,3 +217,15 @@ def test_train_replaces_a_corrupt_video(numbered, tmp_path):
         delivered += video_index.tolist()
     assert len(records) not in delivered
     assert [f["path"] for f in loader.failures] == ["corrupt.mp4"]
+
+
+def test_readers_video_contender_delivers_augmented_clips(numbered):
+    import dataclasses
+
+    from benchmarks.run import SUITES, ReadersVideoLoader
+
+    root, records = numbered
+    (root / "train.list").write_text("".join(f"{r.path} {r.label}\n" for r in records))
+    suite = dataclasses.replace(SUITES["smoke"], frames=T, sampling_rate=2, crop=32, short_side=(40, 56))
+    frames, labels = next(iter(ReadersVideoLoader(suite, root, batch=2)))
+    assert tuple(frames.as_tensor().shape()) == (2, T, 32, 32, 3) and len(labels) == 2

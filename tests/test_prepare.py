@@ -49,6 +49,33 @@ def test_probe_known_videos(numbered_video, codec, keyframes):
     assert info["keyframe_interval"] == keyframes
 
 
+@pytest.mark.parametrize("codec, profile, pix_fmt", [("h264", "High", "yuv420p"), ("vp9", "Profile 0", "yuv420p"),
+                                                     ("mjpeg", "Baseline", "yuvj420p")])
+def test_probe_reports_profile_pixel_format_bit_depth_and_chroma(numbered_video, codec, profile, pix_fmt):
+    # what NVDEC needs to know: write_video writes 8-bit 4:2:0, H.264 in the High profile (never the High 4:4:4
+    # Predictive of libx264's lossless mode, which NVDEC does not decode)
+    info = probe_video(numbered_video(codec, num_frames=20))
+    assert (info["profile"], info["pix_fmt"], info["bit_depth"], info["chroma"]) == (profile, pix_fmt, 8, "420")
+
+
+def test_lossless_h264_is_written_near_lossless_in_the_high_profile(tmp_path):
+    path = write_video(tmp_path / "n.mp4", numbered_frames(30, 48, 64), codec="h264", lossless=True)
+    info = probe_video(path)
+    assert (info["profile"], info["pix_fmt"], info["bit_depth"], info["chroma"]) == ("High", "yuv420p", 8, "420")
+    assert [frame_number(f) for f in decode_frames(path, range(30))] == list(range(30))
+
+
+def test_index_carries_profile_and_pixel_format(tmp_path, numbered_video):
+    (tmp_path / "a.mp4").write_bytes(numbered_video("h264", num_frames=20).read_bytes())
+    (tmp_path / "l.list").write_text("a.mp4 0\n")
+    index_list(tmp_path / "l.list", tmp_path, workers=1, progress=False)
+    line = json.loads(index_path_for(tmp_path / "l.list").read_text().splitlines()[0])
+    assert {k: line[k] for k in ("codec", "profile", "pix_fmt", "bit_depth", "chroma")} == \
+        {"codec": "h264", "profile": "High", "pix_fmt": "yuv420p", "bit_depth": 8, "chroma": "420"}
+    record = read_index(index_path_for(tmp_path / "l.list"))[0]
+    assert record.extra == {"profile": "High", "pix_fmt": "yuv420p", "bit_depth": 8, "chroma": "420"}
+
+
 def test_probe_counts_frames_of_a_long_webm(numbered_video):
     # webm stores no frame count: it comes from demuxing
     assert probe_video(numbered_video("vp9", num_frames=121, fps=60, keyframe_interval=30))["num_frames"] == 121
@@ -164,8 +191,9 @@ def test_cli_from_tree_with_train_and_val_folders(tmp_path, numbered_video):
 def test_transcoding_is_resumable_and_resamples(tmp_path, numbered_video):
     root, out = tmp_path / "src", tmp_path / "out"
     root.mkdir()
-    # 60 fps source, 96x64 -> short side 32 at 30 fps: output frame k shows source frame 2k
-    write_video(root / "clip.mp4", numbered_frames(60, 64, 96), fps=60, codec="h264", lossless=True)
+    # 60 fps source, 96x64 -> short side 32 at 30 fps: output frame k shows source frame 2k. The source is
+    # what real data is: lossy 4:2:0 8-bit High-profile H.264 (CRF 4 keeps the grey levels within a level)
+    write_video(root / "clip.mp4", numbered_frames(60, 64, 96), fps=60, codec="h264", quality=4)
     (root / "broken.mp4").write_bytes(b"\x00" * 64)
     (root / "train.list").write_text("clip.mp4 1\nbroken.mp4 0\n")
     args = ("--root", root, "--list", root / "train.list", "--transcode-to", out, "--short-side", 32, "--fps", 30,

@@ -115,3 +115,13 @@ def test_kinetics_mode_geometry(tmp_path):
                              codec="mjpeg", workers=2, progress=False)
     record = read_index(index_path_for(paths["train_list"]))[0]
     assert (record.width, record.height, record.num_frames, record.fps) == (340, 256, 6, 30.0)
+
+
+def test_h264_data_is_what_nvdec_decodes(tmp_path):
+    # H.264 High profile, 4:2:0, 8-bit (NVDEC application note, Video Codec SDK 13.0: every generation decodes
+    # Baseline/Main/High 4:2:0 8-bit from 48x16), recorded in the index for the GPU preflight
+    paths = generate_dataset(tmp_path, **{**SMALL, "codec": "h264"})
+    for record in read_index(index_path_for(paths["train_list"])):
+        assert record.codec == "h264"
+        assert (record.extra["profile"], record.extra["pix_fmt"], record.extra["bit_depth"],
+                record.extra["chroma"]) == ("High", "yuv420p", 8, "420")
