@@ -15,9 +15,10 @@ import statistics
 import sys
 
 from benchmarks.timing import measure_iterable
-from configs import ConfigError, add_config_args, config_from_args
+from configs import add_config_args, config_from_args
 from pipelines import BackendUnavailable, build_loader
 from pipelines.dataset import DatasetError
+from utils.errors import UserError, run_cli
 
 PLACEMENTS = {"dali-gpu": ("dali", "gpu"), "dali-cpu": ("dali", "cpu"), "pyav": ("pyav", "cpu")}
 
@@ -56,10 +57,10 @@ def main(argv=None) -> int:
     parser.add_argument("--synthetic", metavar="DIR",
                         help="generate a small VP9 dataset in DIR (or reuse it) and measure on it")
     args = parser.parse_args(argv)
-    try:
-        cfg = config_from_args(args)
-    except ConfigError as err:
-        parser.error(str(err))
+    unknown = [p for p in args.placements.split(",") if p not in PLACEMENTS]
+    if unknown:
+        raise UserError(f"--placements: unknown placement(s) {unknown}; choose from {sorted(PLACEMENTS)}")
+    cfg = config_from_args(args)  # a bad config is a UserError: one `error:` line, status 2 (run_cli)
     if args.synthetic:
         from pipelines.synthetic import generate_dataset
 
@@ -67,16 +68,13 @@ def main(argv=None) -> int:
         cfg.data.root, cfg.data.train_list = str(paths["root"]), str(paths["train_list"])
         cfg.data.val_list = cfg.data.test_list = str(paths["val_list"])
         cfg.model.num_classes = sum(1 for line in open(paths["classes"]) if line.strip())
-    unknown = [p for p in args.placements.split(",") if p not in PLACEMENTS]
-    if unknown:
-        parser.error(f"unknown placement(s) {unknown}; choose from {sorted(PLACEMENTS)}")
     print(f"split={args.split} batch_size={cfg.data.batch_size} num_frames={cfg.data.num_frames} "
           f"batches={args.batches} x {args.repeats} repeats")
     for name in args.placements.split(","):
         cfg.data.backend, cfg.data.device = PLACEMENTS[name]
         try:
             rates = measure(cfg, args.split, args.batches, args.warmup, args.repeats, args.alpha)
-        except (BackendUnavailable, DatasetError) as err:
+        except (BackendUnavailable, DatasetError) as err:  # this placement cannot run here; the others may
             print(f"{name:9s} skipped: {err}")
             continue
         spread = f"min {min(rates):.1f} max {max(rates):.1f}"
@@ -85,4 +83,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_cli(main))

@@ -1,4 +1,10 @@
-"""Stage 2: one training step (forward, backward, SGD) on synthetic input already on the device.
+"""Stage 2: the engine's training step (``engine.trainer.train_step``) on synthetic input already on the device.
+
+What is timed is the step training runs: the model from ``engine.model.build_model``, the optimizer from
+``engine.trainer.build_optimizer`` (the recipe's SGD: Nesterov momentum, weight decay on conv/linear weights,
+fused on CUDA), ``engine.trainer.wrap_model`` for ``torch.compile``, the precision from ``engine.precision``
+(a gradient scaler for fp16), inputs through ``engine.precision.to_model_inputs``, and the non-finite-loss
+guard with its BN-buffer snapshot.
 
 Variants, as the reference implementations run and as this project runs:
 - ``fp32 NCDHW eager`` (baseline): float32, contiguous NCTHW, no compile.
@@ -8,7 +14,6 @@ Peak memory is ``torch.cuda.max_memory_allocated`` over the timed windows (CUDA 
 """
 from __future__ import annotations
 
-import contextlib
 import gc
 from dataclasses import dataclass
 from typing import Optional
@@ -16,7 +21,11 @@ from typing import Optional
 import torch
 
 from benchmarks.timing import Measurement, measure
-from models import create_model
+from configs import load_config
+from engine.distributed import DistInfo
+from engine.model import build_model
+from engine.precision import resolve_precision, to_model_inputs
+from engine.trainer import BufferSnapshot, build_optimizer, train_step, wrap_model
 
 
 @dataclass(frozen=True)
@@ -31,7 +40,8 @@ BASELINE = StepVariant("fp32 NCDHW eager", "fp32", False, False)
 OURS = StepVariant("bf16 channels-last", "bf16", True, False)
 OURS_COMPILED = StepVariant("bf16 channels-last + compile", "bf16", True, True)
 # NOTE: on a CPU without native bf16 units, bf16 autocast is emulated and slower than fp32 (measured here:
-# 0.14x at batch 4 on 2 cores), and train.py runs fp32 on CPUs; so on CPU "ours" is fp32 channels-last.
+# 0.14x at batch 4 on 2 cores), and training runs fp32 on CPUs (engine.precision); so on CPU "ours" is fp32
+# channels-last.
 OURS_CPU = StepVariant("fp32 channels-last", "fp32", True, False)
 OURS_CPU_COMPILED = StepVariant("fp32 channels-last + compile", "fp32", True, True)
 
@@ -53,31 +63,34 @@ def make_inputs(batch: int, alpha: int, frames: int, size: int, device: torch.de
 
 
 class TrainStep:
-    """A callable training step for one model/variant/batch, with its own optimizer."""
+    """A callable training step for one model/variant/batch: ``engine.trainer.train_step`` with its own model,
+    optimizer, precision and fixed inputs (replace ``inputs`` / ``labels`` to feed real batches)."""
 
     def __init__(self, model_name: str, variant: StepVariant, batch: int, device: torch.device,
                  frames: int = 32, size: int = 224, num_classes: int = 400, model_args: Optional[dict] = None):
         self.device = device
-        self.model = create_model(model_name, num_classes=num_classes, **(model_args or {})).to(device)
+        self.variant = variant
+        cfg = load_config(None, [f"model.name={model_name}", f"model.num_classes={num_classes}",
+                                 f"model.channels_last={str(variant.channels_last).lower()}",
+                                 f"train.compile={str(variant.compile).lower()}",
+                                 f"train.precision={variant.precision}", f"data.num_frames={frames}"])
+        cfg.model.args = dict(model_args or {})
+        self.model = build_model(cfg, device)
         alpha = self.model.arch.alpha
-        if variant.channels_last:
-            self.model = self.model.to(memory_format=torch.channels_last_3d)
-        self.forward = torch.compile(self.model) if variant.compile else self.model
-        self.optimizer = torch.optim.SGD(self.model.parameters(), lr=0.01, momentum=0.9, nesterov=True,
-                                         weight_decay=1e-4)
+        self.optimizer = build_optimizer(self.model, cfg, device)
+        self.forward = wrap_model(self.model, cfg, DistInfo(device=device))
+        # explicit: the variant's precision is what is measured, also on a CPU
+        self.precision = resolve_precision(variant.precision, device, explicit=True)
+        self.scaler = self.precision.make_scaler()
+        self.snapshot = BufferSnapshot(self.model)
         gen = torch.Generator(device=device).manual_seed(0)
         self.inputs = make_inputs(batch, alpha, frames, size, device, variant.channels_last, gen)
         self.labels = torch.randint(0, num_classes, (batch,), device=device, generator=gen)
-        self.autocast = (torch.autocast(device.type, dtype=torch.bfloat16) if variant.precision == "bf16"
-                         else contextlib.nullcontext())
-        self.loss_fn = torch.nn.CrossEntropyLoss()
+        self.model.train()
 
     def __call__(self) -> None:
-        with self.autocast:
-            loss = self.loss_fn(self.forward(self.inputs), self.labels)
-        loss.backward()
-        self.optimizer.step()
-        self.optimizer.zero_grad(set_to_none=True)
+        inputs = to_model_inputs(self.inputs, self.device, self.variant.channels_last, self.precision)
+        train_step(self.forward, self.optimizer, inputs, self.labels, self.precision, self.scaler, self.snapshot)
 
 
 def measure_step(model_name: str, variant: StepVariant, batch: int, device: torch.device, *, frames: int = 32,

@@ -1,29 +1,16 @@
-"""Checkpoints: the on-disk format, atomic writes, naming, pruning, RNG state, resume lookup.
+"""Checkpoint files of a run: writing, naming, pruning, reading, RNG state, the resume lookup.
 
-A checkpoint is ``torch.save`` of a dict (format ``slowfast-dali/1``)::
-
-    format       "slowfast-dali/1"
-    model        state_dict of the bare model (no DDP / torch.compile prefixes)
-    model_name   registry name, e.g. "slowfast_r50_4x16"
-    model_args   dataclasses.asdict(model.arch): rebuilds the network with models.model_from_arch
-    epoch        epochs completed (training resumes at this epoch index)
-    iteration    optimizer steps taken so far (over all epochs)
-    optimizer    optimizer.state_dict()
-    scaler       GradScaler.state_dict() (fp16) or None
-    scheduler    {"epoch": float, "iters_per_epoch": int, "lr": float}: the LR schedule's position
-    config       the resolved configuration as plain dicts
-    rng          {"world_size": W, "ranks": [per-rank {python, numpy, torch, cuda} states]}
-    metrics      {"train": {...}, "val": {...}, "best_top1": float, "best_epoch": int}
-
-Everything in it is a tensor or a plain Python value, so it loads with ``torch.load(weights_only=True)``.
+What a checkpoint holds is defined in :mod:`models.checkpoint_format` (the one definition of the format;
+``make_checkpoint`` builds the dict). This module writes and reads the files.
 
 Files in ``output_dir``: ``<prefix>_epoch_000196.pt`` every ``train.save_every`` epochs and at the end
 (the newest ``train.keep_last`` are kept), ``latest.pt`` after every epoch (resume point) and ``best.pt``
 (best validation top-1). ``<prefix>`` is the output directory's name (``output/SlowFast`` gives
 ``SlowFast_epoch_000196.pt``, as the seed's runs name them).
 
-Every write goes to a temporary file in the same directory, is fsynced, then ``os.replace``-d over the
-target, so a crash mid-write leaves the previous file intact and no partial file under a final name.
+Every write goes through :mod:`utils.atomic` (a temporary file unique to the writer, fsync, rename), so a
+crash mid-write leaves the previous file intact and no partial file under a final name; ``latest.pt`` and
+``best.pt`` are hard links to the epoch file where the filesystem allows (:func:`utils.atomic.atomic_copy`).
 """
 
 from __future__ import annotations
@@ -31,17 +18,21 @@ from __future__ import annotations
 import os
 import random
 import re
-import shutil
-import tempfile
+import zipfile
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 import numpy as np
 import torch
 
+from models.checkpoint_format import CHECKPOINT_FORMAT, format_problem, model_spec
+from utils.atomic import atomic_open
 from utils.errors import UserError
 
-CHECKPOINT_FORMAT = "slowfast-dali/1"
+__all__ = ["CHECKPOINT_FORMAT", "LATEST_NAME", "BEST_NAME", "DEFAULT_PREFIX", "CheckpointError",
+           "checkpoint_prefix", "epoch_checkpoint_name", "save_checkpoint", "prune_epoch_checkpoints",
+           "rng_state", "set_rng_state", "load_checkpoint", "read_model_spec", "find_latest"]
+
 LATEST_NAME = "latest.pt"
 BEST_NAME = "best.pt"
 DEFAULT_PREFIX = "SlowFast"
@@ -72,72 +63,17 @@ def _epoch_files(directory: Path, prefix: str) -> list[tuple[int, Path]]:
     return sorted(found)
 
 
-def _fsync_directory(directory: Path) -> None:
-    # Make the rename itself durable; not every platform lets a directory be opened.
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-def atomic_save(obj: Any, path: str | os.PathLike) -> Path:
-    """``torch.save(obj)`` to ``path`` atomically: temp file in the same directory, fsync, ``os.replace``.
+def save_checkpoint(state: dict, path: str | os.PathLike) -> Path:
+    """``torch.save(state)`` to ``path`` atomically (see :mod:`utils.atomic`); returns the path.
 
     Args:
-        obj: what to save.
-        path: the final file name; its directory is created if missing.
-
-    Returns:
-        The final path. On any error the temporary file is removed and ``path`` is left as it was.
+        state: the checkpoint dict (:func:`models.checkpoint_format.make_checkpoint`).
+        path: the final file name; its directory is created if missing. On any error ``path`` is left as
+            it was and no temporary file remains.
     """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            torch.save(obj, handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp_name, path)
-    except BaseException:
-        if os.path.exists(tmp_name):
-            os.unlink(tmp_name)
-        raise
-    _fsync_directory(path.parent)
-    return path
-
-
-def atomic_copy(src: str | os.PathLike, dst: str | os.PathLike) -> Path:
-    """Make ``dst`` an atomic replica of ``src``: a hard link where the filesystem allows, else a copy.
-
-    Args:
-        src: an existing, complete file.
-        dst: the name to (re)place; the old ``dst`` stays intact until the new one is complete.
-    """
-    src, dst = Path(src), Path(dst)
-    fd, tmp_name = tempfile.mkstemp(dir=dst.parent, prefix=f".{dst.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        os.unlink(tmp_name)
-        try:
-            os.link(src, tmp_name)  # no extra bytes written for a multi-hundred-MB checkpoint
-        except OSError:
-            shutil.copyfile(src, tmp_name)
-            with open(tmp_name, "rb") as handle:
-                os.fsync(handle.fileno())
-        os.replace(tmp_name, dst)
-    except BaseException:
-        if os.path.exists(tmp_name):
-            os.unlink(tmp_name)
-        raise
-    _fsync_directory(dst.parent)
-    return dst
+    with atomic_open(path, "wb") as handle:
+        torch.save(state, handle)
+    return Path(path)
 
 
 def prune_epoch_checkpoints(output_dir: str | os.PathLike, prefix: str, keep_last: int) -> list[Path]:
@@ -199,7 +135,8 @@ def set_rng_state(state: dict) -> None:
 
 
 def load_checkpoint(path: str | os.PathLike, map_location: Any = "cpu") -> dict:
-    """Read a checkpoint written by :func:`atomic_save` in this project's format.
+    """Read a training checkpoint in this project's format (written by :func:`save_checkpoint`, or by any
+    earlier version with a plain ``torch.save`` of the same dict).
 
     Args:
         path: the ``.pt`` file.
@@ -217,13 +154,31 @@ def load_checkpoint(path: str | os.PathLike, map_location: Any = "cpu") -> dict:
         raise CheckpointError(
             f"checkpoint {str(path)!r} cannot be read ({type(err).__name__}: {err})"
         ) from None
-    if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
-        found = state.get("format") if isinstance(state, dict) else type(state).__name__
+    problem = format_problem(state, need_weights=False)  # what a resume needs of it, the caller checks
+    if problem is not None:
         raise CheckpointError(
-            f"{str(path)!r} is not a training checkpoint of this project (format {found!r}, expected "
-            f"{CHECKPOINT_FORMAT!r}); to start from its weights use -w {path} instead of --resume"
+            f"{str(path)!r} is not a training checkpoint of this project (it {problem}); to start from its "
+            f"weights use -w {path} instead of --resume"
         )
     return state
+
+
+def read_model_spec(path: str | os.PathLike) -> Optional[tuple[str, dict]]:
+    """``(model_name, model_args)`` when ``path`` is one of this project's checkpoints, else None.
+
+    Other formats (PySlowFast .pyth, pytorchvideo, Caffe2 .pkl, PaddleVideo .pdparams) carry no architecture
+    record, and a file that cannot be read gives None too (:func:`models.load_weights` then says what it is).
+    """
+    # torch.save writes a zip archive; Caffe2 .pkl and PaddleVideo .pdparams are bare pickles, and need
+    # not be read twice.
+    if not zipfile.is_zipfile(path):
+        return None
+    try:
+        # mmap: only the small metadata is read; the tensors stay on disk until load_weights reads them.
+        state = torch.load(path, map_location="cpu", mmap=True, weights_only=True)
+    except Exception:  # not a torch file this can read
+        return None
+    return model_spec(state)
 
 
 def find_latest(output_dir: str | os.PathLike) -> Path | None:

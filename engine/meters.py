@@ -19,6 +19,8 @@ from typing import Any, Iterable, Mapping
 
 import torch
 
+from utils.progress import format_duration  # noqa: F401  (re-exported: logs and meters write durations alike)
+
 LOG_FORMAT = "%(asctime)s %(levelname)s %(message)s"
 
 
@@ -91,14 +93,6 @@ class SmoothedValue:
         self.recent.clear()
         self.total = 0.0
         self.count = 0
-
-
-def format_duration(seconds: float) -> str:
-    """``3725`` -> ``"1:02:05"``; non-finite -> ``"?"``."""
-    if not math.isfinite(seconds) or seconds < 0:
-        return "?"
-    seconds = int(round(seconds))
-    return f"{seconds // 3600}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"
 
 
 def _jsonable(value: Any) -> Any:

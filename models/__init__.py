@@ -3,12 +3,13 @@
 ``create_model(name, num_classes=400, **overrides)`` builds a registered variant (``list_models()``);
 ``model_from_arch(name, arch_dict)`` rebuilds one from a checkpoint's ``model_name`` / ``model_args``;
 ``load_weights(model, path)`` loads this project's checkpoints and PySlowFast, pytorchvideo, Caffe2 and
-PaddleVideo weights.
+PaddleVideo weights. The checkpoint format itself is defined in :mod:`models.checkpoint_format`.
 """
 from models import slowfast  # noqa: F401  (registers the SlowFast variants)
+from models.checkpoint_format import CHECKPOINT_FORMAT
 from models.registry import create_model, list_models, model_from_arch, register_model, unwrap_model
 from models.slowfast import SlowFast, SlowFastArch
-from models.weights import CHECKPOINT_FORMAT, LoadReport, WeightsError, load_weights
+from models.weights import LoadReport, WeightsError, load_weights
 
-__all__ = ["create_model", "list_models", "model_from_arch", "register_model", "unwrap_model", "load_weights", "LoadReport",
-           "WeightsError", "CHECKPOINT_FORMAT", "SlowFast", "SlowFastArch"]
+__all__ = ["create_model", "list_models", "model_from_arch", "register_model", "unwrap_model", "load_weights",
+           "LoadReport", "WeightsError", "CHECKPOINT_FORMAT", "SlowFast", "SlowFastArch"]

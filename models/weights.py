@@ -41,10 +41,10 @@ import numpy as np
 import torch
 import torch.nn as nn
 
+from models.checkpoint_format import FORMAT_NAME, claims_format, format_problem
 from models.registry import unwrap_model
 from utils.errors import UserError
 
-CHECKPOINT_FORMAT = "slowfast-dali/1"
 _HEAD_PREFIX = "head."
 _MAX_LISTED = 12  # names listed per category in an error message
 
@@ -145,7 +145,7 @@ class _Converter:
 
 
 _CONVERTERS: dict[str, _Converter] = {
-    "slowfast-dali": _Converter(rules=[]),
+    FORMAT_NAME: _Converter(rules=[]),
     "pyslowfast": _Converter(rules=_PYSLOWFAST_RULES),
     "pytorchvideo": _Converter(rules=_PYTORCHVIDEO_RULES),
     "caffe2": _Converter(rules=_CAFFE2_TO_PYSLOWFAST + _PYSLOWFAST_RULES),
@@ -304,7 +304,7 @@ def _strip_wrappers(name: str) -> str:
 def _detect(state: dict[str, Any], path: str) -> str:
     keys = [_strip_wrappers(k) for k in state if isinstance(k, str)]
     if any(k.startswith(("slow_stem.", "fast_stem.", "fuse_stem.")) for k in keys):
-        return "slowfast-dali"
+        return FORMAT_NAME
     if any(".multipathway_blocks." in k for k in keys):
         return "pytorchvideo"
     if any(k.endswith(("._mean", "._variance")) or "._conv" in k for k in keys):
@@ -322,13 +322,11 @@ def _unwrap_checkpoint(obj: Any, path: str) -> tuple[str, dict[str, Any], Any]:
     """(format, flat name -> value dict, the checkpoint's model_name or None)."""
     if not isinstance(obj, dict):
         raise WeightsError(f"{path} holds a {type(obj).__name__}, not a dict of weights")
-    if "format" in obj:
-        if obj["format"] != CHECKPOINT_FORMAT:
-            raise WeightsError(f"{path} has format {obj['format']!r}; this version reads "
-                               f"{CHECKPOINT_FORMAT!r}")
-        if not isinstance(obj.get("model"), dict):
-            raise WeightsError(f"{path} is a {CHECKPOINT_FORMAT} checkpoint without a 'model' state dict")
-        return "slowfast-dali", obj["model"], obj.get("model_name")
+    if claims_format(obj):  # this project's checkpoint (models/checkpoint_format.py)
+        problem = format_problem(obj)
+        if problem is not None:
+            raise WeightsError(f"{path} {problem}")
+        return FORMAT_NAME, obj["model"], obj.get("model_name")
     if isinstance(obj.get("blobs"), dict):
         return "caffe2", obj["blobs"], None
     for key in ("model_state", "state_dict", "model"):  # PySlowFast/pytorchvideo hub, Lightning-style, others

@@ -1,14 +1,22 @@
-"""Checkpoint files: atomic writes survive interruption, pruning, naming, RNG round trip, format checks."""
+"""Checkpoint files: atomic writes survive interruption, pruning, naming, RNG round trip, format checks, and
+checkpoints written by earlier versions still load."""
 
 from __future__ import annotations
 
+import dataclasses
+import os
 import random
+import tempfile
 
 import numpy as np
 import pytest
 import torch
 
+import models
 from engine import checkpoint as ckpt
+from models import checkpoint_format
+from utils import atomic
+from utils.atomic import atomic_copy
 
 
 def _state(value: float) -> dict:
@@ -21,7 +29,7 @@ def _state(value: float) -> dict:
 
 def test_interrupted_save_leaves_the_previous_checkpoint_intact(tmp_path, monkeypatch):
     target = tmp_path / "latest.pt"
-    ckpt.atomic_save(_state(1.0), target)
+    ckpt.save_checkpoint(_state(1.0), target)
     real_save = torch.save
 
     def save_half_then_die(obj, handle, *args, **kwargs):
@@ -30,7 +38,7 @@ def test_interrupted_save_leaves_the_previous_checkpoint_intact(tmp_path, monkey
 
     monkeypatch.setattr(torch, "save", save_half_then_die)
     with pytest.raises(OSError, match="simulated"):
-        ckpt.atomic_save(_state(2.0), target)
+        ckpt.save_checkpoint(_state(2.0), target)
     monkeypatch.setattr(torch, "save", real_save)
 
     assert sorted(p.name for p in tmp_path.iterdir()) == ["latest.pt"]  # no partial file, no temp left over
@@ -40,17 +48,17 @@ def test_interrupted_save_leaves_the_previous_checkpoint_intact(tmp_path, monkey
 
 def test_interrupted_copy_leaves_best_intact(tmp_path, monkeypatch):
     first, second = tmp_path / "a.pt", tmp_path / "b.pt"
-    ckpt.atomic_save(_state(1.0), first)
-    ckpt.atomic_save(_state(2.0), second)
-    best = ckpt.atomic_copy(first, tmp_path / "best.pt")
+    ckpt.save_checkpoint(_state(1.0), first)
+    ckpt.save_checkpoint(_state(2.0), second)
+    best = atomic_copy(first, tmp_path / "best.pt")
     assert ckpt.load_checkpoint(best)["epoch"] == 1
 
     def fail(*args, **kwargs):
         raise OSError("killed (simulated)")
 
-    monkeypatch.setattr(ckpt.os, "replace", fail)
+    monkeypatch.setattr(atomic.os, "replace", fail)
     with pytest.raises(OSError, match="simulated"):
-        ckpt.atomic_copy(second, best)
+        atomic_copy(second, best)
     monkeypatch.undo()
     assert ckpt.load_checkpoint(best)["epoch"] == 1
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.pt", "b.pt", "best.pt"]
@@ -67,7 +75,7 @@ def test_names_pruning_and_latest_lookup(tmp_path):
     assert ckpt.epoch_checkpoint_name("SlowFast", 196) == "SlowFast_epoch_000196.pt"
     assert ckpt.find_latest(run) is None
     for epoch in (5, 10, 15, 20):
-        ckpt.atomic_save(_state(epoch), run / ckpt.epoch_checkpoint_name("SlowFast", epoch))
+        ckpt.save_checkpoint(_state(epoch), run / ckpt.epoch_checkpoint_name("SlowFast", epoch))
     (run / "other_epoch_000001.pt").write_bytes(b"not ours")
     assert ckpt.find_latest(run) == run / "SlowFast_epoch_000020.pt"  # no latest.pt: the newest epoch file
     removed = ckpt.prune_epoch_checkpoints(run, "SlowFast", keep_last=2)
@@ -77,7 +85,7 @@ def test_names_pruning_and_latest_lookup(tmp_path):
         "SlowFast_epoch_000020.pt",
         "other_epoch_000001.pt",
     ]
-    ckpt.atomic_copy(run / "SlowFast_epoch_000015.pt", run / "latest.pt")
+    atomic_copy(run / "SlowFast_epoch_000015.pt", run / "latest.pt")
     assert ckpt.find_latest(run) == run / "latest.pt"
 
 
@@ -86,7 +94,7 @@ def test_rng_state_round_trip_through_a_checkpoint(tmp_path):
     np.random.seed(2)
     torch.manual_seed(3)
     random.random(), np.random.rand(), torch.rand(1)  # move every stream off its seed
-    ckpt.atomic_save({"format": ckpt.CHECKPOINT_FORMAT, "rng": ckpt.rng_state()}, tmp_path / "r.pt")
+    ckpt.save_checkpoint({"format": ckpt.CHECKPOINT_FORMAT, "rng": ckpt.rng_state()}, tmp_path / "r.pt")
     expected = (random.random(), np.random.rand(), np.random.randn(), torch.rand(3))
     random.seed(99)
     np.random.seed(99)
@@ -105,3 +113,67 @@ def test_foreign_or_broken_files_are_refused_with_the_fix(tmp_path):
     (tmp_path / "cut.pt").write_bytes(b"PK\x03\x04 truncated")
     with pytest.raises(ckpt.CheckpointError, match="cannot be read"):
         ckpt.load_checkpoint(tmp_path / "cut.pt")
+
+
+def test_one_definition_of_the_format():
+    # engine.checkpoint and models (weights loading) share models.checkpoint_format's constant; the string
+    # itself is the on-disk format of every checkpoint written so far and must not change.
+    assert ckpt.CHECKPOINT_FORMAT is checkpoint_format.CHECKPOINT_FORMAT is models.CHECKPOINT_FORMAT
+    assert checkpoint_format.CHECKPOINT_FORMAT == "slowfast-dali/1"
+    assert not hasattr(ckpt, "atomic_save")  # writes go through utils.atomic
+
+
+def _old_way_checkpoint(path, model) -> dict:
+    """A training checkpoint as the previous version wrote it: the dict spelled out by hand (no
+    make_checkpoint), saved with a plain torch.save into a mkstemp file, then renamed."""
+    state = {
+        "format": "slowfast-dali/1",
+        "model": model.state_dict(),
+        "model_name": model.model_name,
+        "model_args": dataclasses.asdict(model.arch),
+        "epoch": 4,
+        "iteration": 24,
+        "optimizer": torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9).state_dict(),
+        "scaler": None,
+        "scheduler": {"epoch": 4.0, "iters_per_epoch": 6, "lr": 0.05},
+        "config": {"train": {"epochs": 10}},
+        "rng": {"world_size": 1, "ranks": [ckpt.rng_state()]},
+        "metrics": {"train": {}, "val": None, "best_top1": 0.5, "best_epoch": 4},
+    }
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    with os.fdopen(fd, "wb") as handle:
+        torch.save(state, handle)
+    os.replace(tmp, path)
+    return state
+
+
+def test_checkpoint_written_by_the_previous_version_loads(tmp_path):
+    torch.manual_seed(0)
+    source = models.create_model("slowfast_tiny", num_classes=3)
+    path = tmp_path / "old.pt"
+    written = _old_way_checkpoint(path, source)
+    # read back as a training checkpoint (what --resume does) ...
+    state = ckpt.load_checkpoint(path)
+    assert state["epoch"] == 4 and state["iteration"] == 24 and state["metrics"]["best_epoch"] == 4
+    assert set(state) == set(written)
+    # ... with the same keys the current writer produces ...
+    assert set(checkpoint_format.make_checkpoint(model_state={}, model_name="x", model_args={}, epoch=0,
+                                                 iteration=0)) == set(written)
+    # ... its architecture record (what test.py rebuilds from) ...
+    assert ckpt.read_model_spec(path) == ("slowfast_tiny", dataclasses.asdict(source.arch))
+    # ... and its weights, through models.load_weights, equal to the source's
+    target = models.model_from_arch(*ckpt.read_model_spec(path))
+    report = models.load_weights(target, path)
+    assert report.source_format == "slowfast-dali" and report.complete
+    for key, value in source.state_dict().items():
+        assert torch.equal(target.state_dict()[key], value), key
+
+
+def test_a_future_format_is_refused_by_both_readers(tmp_path):
+    model = models.create_model("slowfast_tiny", num_classes=3)
+    torch.save({"format": "slowfast-dali/2", "model": model.state_dict()}, tmp_path / "future.pt")
+    with pytest.raises(ckpt.CheckpointError, match="slowfast-dali/2"):
+        ckpt.load_checkpoint(tmp_path / "future.pt")
+    with pytest.raises(models.WeightsError, match=r"'slowfast-dali/2'; this version reads 'slowfast-dali/1'"):
+        models.load_weights(model, tmp_path / "future.pt")
+    assert ckpt.read_model_spec(tmp_path / "future.pt") is None

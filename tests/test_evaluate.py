@@ -19,7 +19,12 @@ import pytest
 import torch
 
 from configs import Config, load_config
-from engine import evaluate as ev
+from engine import evaluator as ev
+from engine.model import build_model
+from engine.precision import resolve_precision
+
+CPU = torch.device("cpu")
+FP32 = resolve_precision("fp32", CPU, explicit=False)
 
 REPO = Path(__file__).resolve().parents[1]
 NUM_CLASSES = 6
@@ -37,7 +42,8 @@ VIDEOS = {
 SMALL = [
     "model.name=slowfast_tiny", f"model.num_classes={NUM_CLASSES}", "data.backend=pyav", "data.num_workers=0",
     "data.num_frames=8", "data.sampling_rate=2", "data.target_fps=30", "data.test_short_side=32",
-    "data.test_crop=32", "test.num_clips=2", "test.num_crops=3", "test.batch_size=2", "train.precision=fp32",
+    "data.test_crop=32", "data.val_crop=32", "test.num_clips=2", "test.num_crops=3", "test.batch_size=2",
+    "train.precision=fp32",
 ]
 NUM_VIEWS = 6
 # linspace(0, 7, 8 // 4) truncated: the slow pathway's frames within an 8-frame fast clip, alpha 4
@@ -264,10 +270,10 @@ class _ViewCounter(torch.nn.Module):
 def _evaluate_rank(cfg: Config, checkpoint: Path, rank: int, world_size: int) -> dict:
     from pipelines import build_loader
 
-    model, _ = ev.build_model(cfg, checkpoint)
-    counter = _ViewCounter(ev.prepare_model(model, torch.device("cpu"), channels_last=True))
+    model = build_model(cfg, CPU, checkpoint, arch_from_checkpoint=True)
+    counter = _ViewCounter(ev.prepare_model(model, CPU, channels_last=True))
     loader = build_loader(cfg, "test", rank=rank, world_size=world_size, alpha=model.arch.alpha)
-    result = ev.evaluate(counter, loader, num_views=NUM_VIEWS, device=torch.device("cpu"), precision="fp32")
+    result = ev.evaluate(counter, loader, num_views=NUM_VIEWS, device=CPU, precision=FP32)
     return {"indices": result.video_indices, "scores": result.scores, "labels": result.labels,
             "metrics": result.metrics(), "views": counter.views, "failures": result.failures,
             "missing": result.missing}
@@ -437,15 +443,38 @@ def test_predict_files_fails_when_nothing_is_readable(dataset, tmp_path):
 
 def test_own_checkpoint_rebuilds_its_recorded_model(dataset):
     cfg = load_config(None, ["model.name=slowfast_r50_4x16", "model.num_classes=400"])
-    model, _ = ev.build_model(cfg, dataset["checkpoint"])
+    model = build_model(cfg, CPU, dataset["checkpoint"], arch_from_checkpoint=True)
     assert model.model_name == "slowfast_tiny" and model.arch.num_classes == NUM_CLASSES
     assert (cfg.model.name, cfg.model.num_classes) == ("slowfast_tiny", NUM_CLASSES)
     for name, tensor in dataset["model"].state_dict().items():
         torch.testing.assert_close(model.state_dict()[name], tensor, atol=0, rtol=0, msg=name)
 
 
-def test_missing_weights_is_a_clear_error(tmp_path, capsys):
-    status = ev.main(["-w", str(tmp_path / "nope.pt"), *_overrides(SMALL)])
-    assert status == 2
-    err = capsys.readouterr().err
-    assert "nope.pt" in err and "does not exist" in err and "Traceback" not in err
+def test_missing_weights_is_a_clear_error(tmp_path):
+    proc = _run_test_py("-w", str(tmp_path / "nope.pt"), *_overrides(SMALL))
+    assert proc.returncode == 2
+    assert proc.stderr.startswith("error: ") and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+    assert "nope.pt" in proc.stderr and "does not exist" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_training_builds_the_configured_model_and_fine_tunes_from_a_checkpoint(dataset):
+    # The other behaviour of the one build_model: training builds cfg.model, whatever the checkpoint records,
+    # and re-initialises a classifier of another class count.
+    cfg = load_config(None, ["model.name=slowfast_tiny", "model.num_classes=4"])
+    model = build_model(cfg, CPU, dataset["checkpoint"])
+    assert model.arch.num_classes == 4 and (cfg.model.name, cfg.model.num_classes) == ("slowfast_tiny", 4)
+    for name, tensor in dataset["model"].state_dict().items():
+        if not name.startswith("head."):
+            torch.testing.assert_close(model.state_dict()[name], tensor, atol=0, rtol=0, msg=name)
+
+
+def test_progress_goes_to_stderr_and_no_progress_silences_it(dataset, tmp_path):
+    overrides = _overrides(SMALL + [f"data.root={dataset['root']}", f"data.test_list={dataset['root'] / 'test.list'}",
+                                    f"data.class_names={dataset['root'] / 'classes.txt'}"])
+    shown = _run_test_py("-w", str(dataset["checkpoint"]), "--output-dir", str(tmp_path / "a"), *overrides)
+    assert shown.returncode == 0, shown.stderr
+    # the final line of utils.progress: all 5 videos, on stderr, not in the log on stdout
+    assert "[TEST] 5/5 videos" in shown.stderr and "[TEST] 5/5 videos" not in shown.stdout
+    quiet = _run_test_py("-w", str(dataset["checkpoint"]), "--output-dir", str(tmp_path / "b"), "--no-progress",
+                         *overrides)
+    assert quiet.returncode == 0 and "videos/s" not in quiet.stderr

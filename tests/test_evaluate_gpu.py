@@ -9,7 +9,8 @@ import pytest
 import torch
 
 from configs import load_config
-from engine import evaluate as ev
+from engine import evaluator as ev
+from engine.precision import resolve_precision
 
 pytestmark = [
     pytest.mark.gpu,
@@ -25,7 +26,7 @@ VIDEOS = {"a.mp4": (12, 64, 96), "b.mp4": (40, 64, 96), "c.mp4": (30, 96, 64)}
 SMALL = [
     "model.name=slowfast_tiny", f"model.num_classes={NUM_CLASSES}", "data.backend=dali", "data.device=gpu",
     "data.dtype=fp32", "data.num_frames=8", "data.sampling_rate=2", "data.target_fps=30",
-    "data.test_short_side=48", "data.test_crop=48", "test.num_clips=2", "test.num_crops=3",
+    "data.test_short_side=48", "data.test_crop=48", "data.val_crop=48", "test.num_clips=2", "test.num_crops=3",
     "test.batch_size=2",
 ]
 NUM_VIEWS = 6
@@ -89,8 +90,9 @@ def test_bf16_channels_last_evaluation_covers_every_video_once(h264_data):
     results = {}
     for precision in ("bf16", "fp32"):
         loader = build_dali_loader(cfg, "test", alpha=model.arch.alpha)
-        results[precision] = ev.evaluate(model, loader, num_views=NUM_VIEWS, device=device,
-                                         precision=precision)
+        policy = resolve_precision(precision, device, explicit=True)
+        assert policy.name == precision and torch.backends.cudnn.benchmark  # set by the policy on CUDA
+        results[precision] = ev.evaluate(model, loader, num_views=NUM_VIEWS, device=device, precision=policy)
     for result in results.values():
         assert result.video_indices.tolist() == [0, 1, 2] and not result.failures and not result.missing
         # each row sums the softmax of its 6 views

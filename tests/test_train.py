@@ -1,5 +1,5 @@
-"""train.py end to end on CPU with an in-memory loader (no decoding): resume, DDP, non-finite losses,
-precise BN.
+"""Training (engine.trainer, driven as train.py drives it) end to end on CPU with an in-memory loader (no
+decoding): resume, DDP, non-finite losses, precise BN, the precision policy, torch.compile and SyncBatchNorm.
 
 The in-memory loader follows the :mod:`pipelines` contract (``([slow, fast], labels, video_index)``,
 ``len``, ``set_epoch``, ``records``, ``failures``) with the shared sharding rule, and records which videos
@@ -21,13 +21,17 @@ import torch
 import torch.multiprocessing as mp
 from torch import nn
 
+import models
 import train
-from configs import load_config
+from configs import ConfigError, config_from_args, load_config
 from engine import checkpoint as ckpt
 from engine import distributed
+from engine import trainer as tr
 from engine.precise_bn import update_bn_stats
+from engine.precision import Precision, overridden_keys, precision_for, resolve_precision, to_model_inputs
 from pipelines import sampling
 from pipelines.dataset import VideoRecord
+from utils.errors import run_cli
 
 NUM_VIDEOS = 12
 NUM_CLASSES = 3
@@ -92,6 +96,15 @@ def memory_build_loader(cfg, split, *, rank=0, world_size=1, alpha=8):
     return loader
 
 
+def run_train(argv: list[str]) -> dict:
+    """What ``python train.py ARGV`` runs, returning the engine's summary (train.main returns the exit status)."""
+    args = train.parse_args(argv)
+    cfg = config_from_args(args)
+    cfg.train.output_dir = args.output_dir
+    return tr.run_training(cfg, validate=args.validate, resume_from=args.resume, weights=args.weights,
+                           explicit_keys=overridden_keys(args.override), progress=args.progress)
+
+
 def _argv(output_dir: Path, *extra: str, epochs: int = 3) -> list[str]:
     return [
         "--validate",
@@ -134,7 +147,7 @@ def _argv(output_dir: Path, *extra: str, epochs: int = 3) -> list[str]:
 @pytest.fixture
 def memory_data(monkeypatch):
     LOADERS.clear()
-    monkeypatch.setattr(train, "build_loader", memory_build_loader)
+    monkeypatch.setattr(tr, "build_loader", memory_build_loader)
     # One thread: on a small, shared CPU, OpenMP threads competing with other processes run these tiny
     # tensors over ten times slower.
     threads = torch.get_num_threads()
@@ -154,28 +167,28 @@ def _train_order(loaders: list[MemoryLoader]) -> list[tuple[int, list[int]]]:
 
 def test_resume_continues_exactly_like_an_uninterrupted_run(tmp_path, memory_data, monkeypatch):
     full_dir, cut_dir = tmp_path / "full", tmp_path / "cut"
-    full = train.main(_argv(full_dir))
+    full = run_train(_argv(full_dir))
     full_state = torch.load(full_dir / "latest.pt", weights_only=True)
     full_lrs = [(r["step"], r["lr"]) for r in _iter_records(full_dir)]
     memory_data.clear()
 
     # The same run, killed after its first epoch's checkpoint ...
-    real_end = train._end_of_epoch
+    real_end = tr.end_of_epoch
 
     def end_then_crash(trainer, epoch, summary):
         real_end(trainer, epoch, summary)
         if epoch == 0:
             raise KeyboardInterrupt("simulated crash")
 
-    monkeypatch.setattr(train, "_end_of_epoch", end_then_crash)
+    monkeypatch.setattr(tr, "end_of_epoch", end_then_crash)
     with pytest.raises(KeyboardInterrupt):
-        train.main(_argv(cut_dir))
-    monkeypatch.setattr(train, "_end_of_epoch", real_end)
+        run_train(_argv(cut_dir))
+    monkeypatch.setattr(tr, "end_of_epoch", real_end)
     first_part = _train_order(memory_data)
     memory_data.clear()
     # ... then resumed: the torchrun restart path (no --resume flag needed after a crash under torchrun).
     monkeypatch.setenv("TORCHELASTIC_RESTART_COUNT", "1")
-    resumed = train.main(_argv(cut_dir))
+    resumed = run_train(_argv(cut_dir))
     resumed_state = torch.load(cut_dir / "latest.pt", weights_only=True)
 
     # Same LR at every step (the log holds one line per step).
@@ -208,7 +221,7 @@ def test_resume_continues_exactly_like_an_uninterrupted_run(tmp_path, memory_dat
 
 def test_checkpoint_files_and_content(tmp_path, memory_data):
     out = tmp_path / "SlowFast"
-    summary = train.main(_argv(out))
+    summary = run_train(_argv(out))
     names = sorted(p.name for p in out.iterdir() if p.suffix == ".pt")
     # save_every=2 over 3 epochs: epochs 2 and 3 (the last), keep_last=1 keeps only epoch 3.
     assert names == ["SlowFast_epoch_000003.pt", "best.pt", "latest.pt"]
@@ -232,7 +245,7 @@ def test_checkpoint_files_and_content(tmp_path, memory_data):
     assert load_config(out / "config.yaml").train.epochs == 3
     # -w fine-tunes from it with another class count: everything but the classifier is loaded.
     five = load_config(out / "config.yaml", ["model.num_classes=5"])
-    tuned = train.build_model(five, torch.device("cpu"), weights=str(out / "best.pt")).state_dict()
+    tuned = tr.build_model(five, torch.device("cpu"), weights=str(out / "best.pt")).state_dict()
     for key, value in best["model"].items():
         if key.startswith("head."):
             assert tuned[key].shape[0] == 5
@@ -240,7 +253,7 @@ def test_checkpoint_files_and_content(tmp_path, memory_data):
             torch.testing.assert_close(tuned[key], value.to(tuned[key].dtype), rtol=0, atol=0, msg=key)
     # A second start in the same directory without --resume would overwrite the run: refused, with the fix.
     with pytest.raises(ckpt.CheckpointError, match="--resume"):
-        train.main(_argv(out))
+        run_train(_argv(out))
 
 
 def _free_port() -> int:
@@ -251,6 +264,7 @@ def _free_port() -> int:
 
 def _ddp_worker(rank: int, world_size: int, port: int, output_dir: str, result_dir: str) -> None:
     os.environ.update(
+        CUDA_VISIBLE_DEVICES="",  # gloo on the CPU, also on a GPU host
         RANK=str(rank),
         WORLD_SIZE=str(world_size),
         LOCAL_RANK=str(rank),
@@ -258,8 +272,8 @@ def _ddp_worker(rank: int, world_size: int, port: int, output_dir: str, result_d
         MASTER_PORT=str(port),
     )
     torch.set_num_threads(1)
-    train.build_loader = memory_build_loader
-    real_epoch, real_end = train.train_one_epoch, train._end_of_epoch
+    tr.build_loader = memory_build_loader
+    real_epoch, real_end = tr.train_one_epoch, tr.end_of_epoch
     result: dict = {}
 
     def spy_epoch(trainer, epoch):
@@ -276,13 +290,14 @@ def _ddp_worker(rank: int, world_size: int, port: int, output_dir: str, result_d
         ]
         torch.save(result, Path(result_dir) / f"rank{rank}.pt")
 
-    train.train_one_epoch, train._end_of_epoch = spy_epoch, spy_end
-    train.main(
+    tr.train_one_epoch, tr.end_of_epoch = spy_epoch, spy_end
+    run_train(
         _argv(Path(output_dir), "-o", "train.save_every=1", "-o", "train.precise_bn_batches=0", epochs=1)
     )
 
 
-def test_ddp_two_processes_on_cpu(tmp_path):
+def test_ddp_two_processes_on_cpu(tmp_path, monkeypatch):
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")  # the spawned ranks inherit it: gloo on the CPU
     out, results = tmp_path / "ddp", tmp_path / "results"
     results.mkdir()
     mp.spawn(_ddp_worker, args=(2, _free_port(), str(out), str(results)), nprocs=2, join=True)
@@ -291,7 +306,7 @@ def test_ddp_two_processes_on_cpu(tmp_path):
     assert set(rank0["seen"]).isdisjoint(rank1["seen"])
     assert sorted(rank0["seen"] + rank1["seen"]) == list(range(NUM_VIDEOS))
     # Same start, different data, yet the same parameters after the steps: gradients were averaged.
-    params = dict(train.models.create_model("slowfast_tiny", num_classes=NUM_CLASSES).named_parameters())
+    params = dict(models.create_model("slowfast_tiny", num_classes=NUM_CLASSES).named_parameters())
     changed = 0
     for key in params:
         torch.testing.assert_close(rank1["initial"][key], rank0["initial"][key], rtol=0, atol=0)
@@ -332,18 +347,18 @@ class NaNAfter(nn.Module):
         return out * float("nan") if self.calls in self.bad_calls else out
 
 
-def _trainer(tmp_path, *extra: str) -> train.Trainer:
+def _trainer(tmp_path, *extra: str) -> tr.Trainer:
     args = train.parse_args(_argv(tmp_path / "run", *extra))
-    cfg = train.config_from_args(args)
+    cfg = config_from_args(args)
     cfg.train.output_dir = str(tmp_path / "run")
-    return train.build_trainer(cfg, distributed.DistInfo(), validate=False)
+    return tr.build_trainer(cfg, distributed.DistInfo(), validate=False)
 
 
 def test_nonfinite_loss_skips_the_step_and_counts(tmp_path, memory_data):
     trainer = _trainer(tmp_path)
     trainer.model = NaNAfter(trainer.model, bad_calls={1, 2, 3, 4, 5, 6})
     before = {k: v.clone() for k, v in trainer.bare_model.state_dict().items()}
-    summary = train.train_one_epoch(trainer, 0)
+    summary = tr.train_one_epoch(trainer, 0)
     assert summary["skipped_steps"] == 6 and trainer.nonfinite_total == 6
     for key, value in trainer.bare_model.state_dict().items():
         assert torch.equal(value, before[key]), key  # no step: weights and BN stats untouched...
@@ -353,7 +368,7 @@ def test_nonfinite_loss_skips_the_step_and_counts(tmp_path, memory_data):
     # One bad step among good ones: skipped, counted, the streak resets, training goes on.
     trainer = _trainer(tmp_path)
     trainer.model = NaNAfter(trainer.model, bad_calls={2})
-    summary = train.train_one_epoch(trainer, 0)
+    summary = tr.train_one_epoch(trainer, 0)
     assert summary["skipped_steps"] == 1 and trainer.nonfinite_streak == 0
     assert math.isfinite(summary["loss"])
 
@@ -361,36 +376,36 @@ def test_nonfinite_loss_skips_the_step_and_counts(tmp_path, memory_data):
 def test_persistent_nonfinite_loss_stops_with_a_clear_message(tmp_path, memory_data, capsys):
     trainer = _trainer(tmp_path, "-o", "train.max_nonfinite=3")
     trainer.model = NaNAfter(trainer.model, bad_calls=set(range(1, 100)))
-    with pytest.raises(train.NonFiniteLossError, match=r"non-finite for 3 consecutive steps.*base_lr"):
-        train.train_one_epoch(trainer, 0)
+    with pytest.raises(tr.NonFiniteLossError, match=r"non-finite for 3 consecutive steps.*base_lr"):
+        tr.train_one_epoch(trainer, 0)
     assert trainer.iteration == 3
 
     # Through the command line: one error line, exit status 2, no traceback.
-    real_build = train.build_trainer
+    real_build = tr.build_trainer
 
     def nan_trainer(*args, **kwargs):
         built = real_build(*args, **kwargs)
         built.model = NaNAfter(built.model, bad_calls=set(range(1, 100)))
         return built
 
-    train.build_trainer = nan_trainer
+    tr.build_trainer = nan_trainer
     try:
-        status = train.cli(_argv(tmp_path / "cli", "-o", "train.max_nonfinite=2"))
+        status = run_cli(train.main, _argv(tmp_path / "cli", "-o", "train.max_nonfinite=2"))
     finally:
-        train.build_trainer = real_build
+        tr.build_trainer = real_build
     err = capsys.readouterr().err
     assert status == 2
     assert err.startswith("error: the loss was non-finite for 2 consecutive steps") and "Traceback" not in err
 
 
 def test_cli_rejects_bad_values_with_the_fix(tmp_path, memory_data, capsys):
-    assert train.cli(_argv(tmp_path / "a", "-o", "train.precision=fp8")) == 2
+    assert run_cli(train.main, _argv(tmp_path / "a", "-o", "train.precision=fp8")) == 2
     assert "train.precision='fp8'" in capsys.readouterr().err
-    assert train.cli(_argv(tmp_path / "b", "-o", "train.lr=0.1")) == 2
+    assert run_cli(train.main, _argv(tmp_path / "b", "-o", "train.lr=0.1")) == 2
     assert "did you mean 'train.base_lr'" in capsys.readouterr().err
-    assert train.cli(_argv(tmp_path / "c", "--resume", str(tmp_path / "missing.pt"))) == 2
+    assert run_cli(train.main, _argv(tmp_path / "c", "--resume", str(tmp_path / "missing.pt"))) == 2
     assert "missing.pt: no such file" in capsys.readouterr().err
-    assert train.cli(_argv(tmp_path / "d", "-o", "model.name=slowfast_huge")) == 2
+    assert run_cli(train.main, _argv(tmp_path / "d", "-o", "model.name=slowfast_huge")) == 2
     assert "model.name='slowfast_huge'" in capsys.readouterr().err
 
 
@@ -398,19 +413,19 @@ def test_optimizer_option_selects_adamw_and_rejects_unknown_names(tmp_path, memo
     cfg = load_config(None, ["model.name=slowfast_tiny", "model.num_classes=3"])
     model = nn.Sequential(nn.Conv3d(3, 4, 1), nn.BatchNorm3d(4))
     assert cfg.train.optimizer == "sgd"
-    assert type(train.build_optimizer(model, cfg, torch.device("cpu"))) is torch.optim.SGD
+    assert type(tr.build_optimizer(model, cfg, torch.device("cpu"))) is torch.optim.SGD
     cfg = load_config(None, ["train.optimizer=adamw", "train.weight_decay=0.01"])
-    optimizer = train.build_optimizer(model, cfg, torch.device("cpu"))
+    optimizer = tr.build_optimizer(model, cfg, torch.device("cpu"))
     assert type(optimizer) is torch.optim.AdamW
     # the same groups as SGD: no decay on BN parameters and biases
     assert [g["weight_decay"] for g in optimizer.param_groups] == [0.01, 0.0]
     # a short AdamW run goes through the trainer (schedule, checkpoint with the AdamW state) and learns
-    summary = train.main(_argv(tmp_path / "adamw", "-o", "train.optimizer=adamw", "-o", "train.base_lr=0.01",
+    summary = run_train(_argv(tmp_path / "adamw", "-o", "train.optimizer=adamw", "-o", "train.base_lr=0.01",
                                "-o", "train.warmup_start_lr=0.001"))
     assert summary["best_top1"] is not None
     state = torch.load(tmp_path / "adamw" / "latest.pt", map_location="cpu", weights_only=False)
     assert any("exp_avg" in v for v in state["optimizer"]["state"].values())
-    assert train.cli(_argv(tmp_path / "bad", "-o", "train.optimizer=lamb")) == 2
+    assert run_cli(train.main, _argv(tmp_path / "bad", "-o", "train.optimizer=lamb")) == 2
     assert "train.optimizer='lamb'" in capsys.readouterr().err
 
 
@@ -448,6 +463,119 @@ def test_precise_bn_sets_running_stats_to_the_batch_average_and_keeps_weights():
             assert torch.equal(value, weights[key]), key
     assert model[1].momentum == 0.1 and not model.training  # settings restored
     assert int(model[1].num_batches_tracked) == 0  # the training counter is not the precise-BN count
+
+
+# ---------------------------------------------------------------------------------------------- precision
+
+
+CPU = torch.device("cpu")
+
+
+def test_precision_policy_on_the_cpu():
+    # The recipe's bf16 runs fp32 on the CPU unless asked for on the command line; fp16 needs a GPU.
+    assert resolve_precision("bf16", CPU, explicit=False).dtype is None
+    explicit = resolve_precision("bf16", CPU, explicit=True)
+    assert (explicit.name, explicit.dtype) == ("bf16", torch.bfloat16)
+    assert resolve_precision("fp16", CPU, explicit=False).name == "fp32"
+    with pytest.raises(ConfigError, match=r"train.precision=fp16 needs a CUDA GPU"):
+        resolve_precision("fp16", CPU, explicit=True)
+    with pytest.raises(ConfigError, match=r"test.precision='fp8' is unknown"):
+        resolve_precision("fp8", CPU, explicit=True, key="test.precision")
+    # only fp16 needs a gradient scaler
+    assert not explicit.needs_scaler and explicit.make_scaler() is None
+    assert Precision("fp16", "cuda", torch.float16).needs_scaler
+    # autocast really is bf16 when asked for, and nothing when fp32
+    layer = nn.Linear(4, 2)
+    with explicit.autocast():
+        assert layer(torch.randn(1, 4)).dtype == torch.bfloat16
+    with resolve_precision("bf16", CPU, explicit=False).autocast():
+        assert layer(torch.randn(1, 4)).dtype == torch.float32
+
+
+def test_training_and_test_read_their_own_keys_with_the_same_rule():
+    cfg = load_config(None, ["train.precision=bf16"])
+    # a command-line train.precision makes training bf16 on the CPU; the test keeps its own key's rule
+    assert precision_for(cfg, "train", CPU, {"train.precision"}).name == "bf16"
+    assert precision_for(cfg, "train", CPU, set()).name == "fp32"
+    assert precision_for(cfg, "test", CPU, {"train.precision"}).name == "fp32"
+    assert precision_for(cfg, "test", CPU, {"test.precision"}).name == cfg.test.precision
+    # a configuration without test.precision falls back to train.precision, explicit on its key
+    del cfg.test["precision"]
+    assert precision_for(cfg, "test", CPU, {"train.precision"}).name == "bf16"
+    assert overridden_keys(["train.precision=bf16", "data.root = x", "junk"]) == {"train.precision", "data.root"}
+
+
+def test_fp32_runs_get_fp32_inputs_and_autocast_runs_get_them_as_delivered():
+    fast = torch.randn(2, 3, 8, 6, 6).to(torch.bfloat16)  # what DALI delivers with data.dtype=bf16
+    slow = fast[:, :, ::4]
+    fp32 = resolve_precision("fp32", CPU, explicit=False)
+    bf16 = resolve_precision("bf16", CPU, explicit=True)
+    out = to_model_inputs([slow, fast], CPU, channels_last=True, precision=fp32)
+    assert [x.dtype for x in out] == [torch.float32, torch.float32]
+    assert all(x.is_contiguous(memory_format=torch.channels_last_3d) for x in out)
+    torch.testing.assert_close(out[1], fast.float(), rtol=0, atol=0)
+    kept = to_model_inputs([slow, fast], CPU, channels_last=False, precision=bf16)
+    assert [x.dtype for x in kept] == [torch.bfloat16, torch.bfloat16] and kept[1].is_contiguous()
+
+
+# ---------------------------------------------------------------------------------------------- the step
+
+
+def test_train_step_is_one_sgd_step_on_the_cross_entropy():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(12, 3))
+    reference = {k: v.clone() for k, v in model.state_dict().items()}
+    inputs, labels = torch.randn(4, 12), torch.tensor([0, 2, 1, 2])
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.5)
+    result = tr.train_step(lambda x: model(x[0]), optimizer, [inputs], labels,
+                           resolve_precision("fp32", CPU, explicit=False))
+    # by hand: softmax cross-entropy gradient (p - onehot) / N, then w -= lr * grad
+    w, b = reference["1.weight"].numpy(), reference["1.bias"].numpy()
+    logits = inputs.numpy() @ w.T + b
+    p = np.exp(logits - logits.max(1, keepdims=True))
+    p /= p.sum(1, keepdims=True)
+    onehot = np.eye(3)[labels.numpy()]
+    loss = -np.mean(np.log(p[np.arange(4), labels.numpy()]))
+    grad_logits = (p - onehot) / 4
+    assert result.applied and result.loss == pytest.approx(loss, rel=1e-5)
+    np.testing.assert_allclose(model[1].weight.detach().numpy(), w - 0.5 * grad_logits.T @ inputs.numpy(),
+                               rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(model[1].bias.detach().numpy(), b - 0.5 * grad_logits.sum(0), rtol=1e-5, atol=1e-6)
+    assert all(p.grad is None for p in model.parameters())
+
+
+def test_data_frames_must_fit_the_models_alpha(tmp_path, memory_data):
+    with pytest.raises(ConfigError, match=r"data.num_frames=6 is not a multiple of the model's alpha=4"):
+        _trainer(tmp_path, "-o", "data.num_frames=6")
+
+
+@pytest.mark.slow  # torch.compile's first CPU compilation: ~250 s on the project's shared 2-core machine
+def test_compiled_training_step_matches_eager_on_cpu():
+    cfg = load_config(None, ["model.name=slowfast_tiny", f"model.num_classes={NUM_CLASSES}",
+                             f"data.num_frames={FRAMES}", "train.compile=true"])
+    cfg.model.args = {"dropout": 0.0}  # compiled code draws dropout masks from another RNG stream than eager
+    precision = resolve_precision("fp32", CPU, explicit=False)
+    torch.manual_seed(0)
+    fast = torch.randn(2, 3, FRAMES, SIZE, SIZE)
+    inputs = to_model_inputs([fast[:, :, sampling.slow_indices(FRAMES, 4)], fast], CPU, True, precision)
+    labels = torch.tensor([0, 2])
+    results = {}
+    for compiled in (False, True):
+        cfg.train.compile = compiled
+        torch.manual_seed(1)
+        model = tr.build_model(cfg, CPU)
+        optimizer = tr.build_optimizer(model, cfg, CPU)
+        step = tr.train_step(tr.wrap_model(model, cfg, distributed.DistInfo()), optimizer, inputs, labels,
+                             precision, None, tr.BufferSnapshot(model))
+        results[compiled] = (step.loss, {k: v.clone() for k, v in model.state_dict().items()})
+    assert results[True][0] == pytest.approx(results[False][0], rel=1e-4)
+    for key, value in results[False][1].items():
+        torch.testing.assert_close(results[True][1][key], value, rtol=1e-4, atol=1e-5, msg=key)
+
+
+# NOTE: no CPU SyncBatchNorm test: torch's SyncBatchNorm refuses CPU tensors ("SyncBatchNorm expected input
+# tensor to be on GPU", and DDP: "SyncBatchNorm layers only work with GPU modules"; torch 2.13). The gloo
+# SyncBatchNorm step is in tests/test_train_gpu.py.
 
 
 if __name__ == "__main__":

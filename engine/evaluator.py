@@ -15,21 +15,18 @@ metrics are computed from the gathered scores in video order, so they do not dep
 ranks. A video evaluated twice is an error; a video that failed to decode is reported with its path,
 and the metrics say over how many of the list's videos they were computed.
 
-``python test.py`` is the command-line driver (:func:`main`).
+``python test.py`` is the command-line driver; it calls :func:`run_test`. Precision: ``test.precision``
+under the project's one policy (:mod:`engine.precision`).
 """
 from __future__ import annotations
 
-import argparse
-import contextlib
 import copy
 import json
 import logging
 import math
 import os
 import sys
-import tempfile
 import time
-import zipfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Optional, Sequence
@@ -37,15 +34,17 @@ from typing import Any, Iterable, Mapping, Optional, Sequence
 import numpy as np
 import torch
 
-from configs import ConfigError, add_config_args, config_from_args, save_config
+from configs import save_config
 from engine import distributed as dist_utils
-from engine.checkpoint import CHECKPOINT_FORMAT
-from engine.meters import format_duration, setup_logging, topk_correct
-from models import create_model, load_weights, model_from_arch
-from pipelines import BackendUnavailable, build_loader
-from pipelines.dataset import DatasetError, VideoRecord, read_class_names
-from pipelines.probe import ProbeError, probe_video
+from engine.meters import setup_logging, topk_correct
+from engine.model import build_model, check_data_fits_model, place_model
+from engine.precision import Precision, precision_for, to_model_inputs
+from pipelines import build_loader
 from pipelines.codecs import DALI_CPU_CODECS, DALI_GPU_CODECS
+from pipelines.dataset import VideoRecord, read_class_names
+from pipelines.probe import ProbeError, probe_video
+from utils.atomic import write_text
+from utils.progress import Progress
 
 LOG = logging.getLogger("slowfast.test")
 TOP_K = 5
@@ -115,55 +114,6 @@ def mean_class_accuracy(scores: np.ndarray, labels: np.ndarray) -> float:
 # Running the model over a loader
 # --------------------------------------------------------------------------------------------------
 
-def autocast_context(device: torch.device, precision: str):
-    """bf16/fp16 autocast on CUDA; on the CPU fp32 (CPU bf16 convolutions are slow and buy no accuracy)."""
-    if precision not in ("bf16", "fp16", "fp32"):
-        raise ValueError(f"precision {precision!r} is unknown; choose bf16, fp16 or fp32")
-    if device.type == "cuda" and precision != "fp32":
-        return torch.autocast("cuda", dtype=torch.bfloat16 if precision == "bf16" else torch.float16)
-    return contextlib.nullcontext()
-
-
-def _to_model_input(tensor: torch.Tensor, device: torch.device, channels_last: bool, autocast: bool):
-    tensor = tensor.to(device, non_blocking=True)
-    if not autocast and tensor.dtype != torch.float32:
-        tensor = tensor.float()  # a bf16 DALI batch evaluated in fp32
-    if channels_last and tensor.dim() == 5:
-        # NOTE: a no-op for DALI's NTHWC batches, which already are channels_last_3d views.
-        tensor = tensor.contiguous(memory_format=torch.channels_last_3d)
-    return tensor
-
-
-class Progress:
-    """Videos/s and ETA on stderr: one line every ``interval`` seconds (overwritten in a terminal)."""
-
-    def __init__(self, total_videos: int, world_size: int, enabled: bool, interval: float = 10.0) -> None:
-        self.total = total_videos
-        self.world_size = world_size
-        self.enabled = enabled
-        self.interval = interval
-        self.start = time.perf_counter()
-        self.last = self.start
-        self.tty = sys.stderr.isatty()
-
-    def update(self, local_videos: int, final: bool = False) -> None:
-        if not self.enabled:
-            return
-        now = time.perf_counter()
-        if not final and now - self.last < self.interval:
-            return
-        self.last = now
-        # This rank's count times the world size: shards are equal to within one video.
-        done = min(local_videos * self.world_size, self.total)
-        elapsed = max(now - self.start, 1e-9)
-        rate = done / elapsed
-        eta = (self.total - done) / rate if rate > 0 else float("inf")
-        line = (f"[TEST] {done}/{self.total} videos, {rate:.2f} videos/s, "
-                f"elapsed {format_duration(elapsed)}, ETA {format_duration(eta)}")
-        end = "\n" if final or not self.tty else ""
-        print(("\r" if self.tty else "") + line, end=end, file=sys.stderr, flush=True)
-
-
 @torch.inference_mode()
 def collect_scores(
     model: torch.nn.Module,
@@ -171,7 +121,7 @@ def collect_scores(
     *,
     num_views: int,
     device: torch.device,
-    precision: str = "bf16",
+    precision: Precision,
     channels_last: bool = True,
     progress: Optional[Progress] = None,
 ) -> dict[int, np.ndarray]:
@@ -182,11 +132,11 @@ def collect_scores(
         loader: yields ``([slow, fast], labels, video_index)`` with ``N * num_views`` views per batch.
         num_views: views per video.
         device: where the model runs.
-        precision: bf16 | fp16 | fp32 (autocast on CUDA only).
+        precision: the autocast policy (:func:`engine.precision.precision_for` with ``"test"``).
         channels_last: hand the inputs over in ``torch.channels_last_3d``.
-        progress: optional progress meter, updated after every batch.
+        progress: optional progress meter (videos over all ranks), updated after every batch and closed.
     """
-    use_autocast = device.type == "cuda" and precision != "fp32"
+    world_size = dist_utils.get_world_size()
     scores: dict[int, np.ndarray] = {}
     local_videos = 0
     for inputs, _labels, video_index in loader:
@@ -204,8 +154,8 @@ def collect_scores(
             inputs = [x[view_keep] for x in inputs]
             video_index = video_index[keep]
         local_videos += len(video_index)
-        inputs = [_to_model_input(x, device, channels_last, use_autocast) for x in inputs]
-        with autocast_context(device, precision):
+        inputs = to_model_inputs(inputs, device, channels_last, precision)
+        with precision.autocast():
             logits = model(inputs)
         video_scores = aggregate_views(logits, num_views).cpu().numpy()
         for index, row in zip(video_index.tolist(), video_scores):
@@ -213,9 +163,10 @@ def collect_scores(
                 raise RuntimeError(f"video {index} appeared twice in this rank's test loader")
             scores[index] = row
         if progress is not None:
-            progress.update(local_videos)
+            # This rank's count times the world size: shards are equal to within one video.
+            progress.set(min(local_videos * world_size, progress.total))
     if progress is not None:
-        progress.update(local_videos, final=True)
+        progress.close()
     return scores
 
 
@@ -287,7 +238,7 @@ def evaluate(
     *,
     num_views: int,
     device: torch.device,
-    precision: str = "bf16",
+    precision: Precision,
     channels_last: bool = True,
     progress: bool = False,
 ) -> EvalResult:
@@ -301,13 +252,13 @@ def evaluate(
             exposing ``records`` and ``failures``.
         num_views: ``cfg.test.num_clips * cfg.test.num_crops``.
         device: where the model runs.
-        precision: bf16 | fp16 | fp32 (autocast on CUDA; fp32 on the CPU).
+        precision: the autocast policy (:func:`engine.precision.precision_for` with ``"test"``).
         channels_last: hand the inputs over in ``torch.channels_last_3d``.
         progress: print videos/s and ETA to stderr (on the primary rank).
     """
     start = time.perf_counter()
     records = loader.records
-    meter = Progress(len(records), dist_utils.get_world_size(), progress and dist_utils.is_primary())
+    meter = Progress(len(records), "[TEST]", unit="videos", enabled=progress and dist_utils.is_primary())
     local = collect_scores(model, loader, num_views=num_views, device=device, precision=precision,
                            channels_last=channels_last, progress=meter)
     scores, failures = gather_scores(local, getattr(loader, "failures", []))
@@ -327,77 +278,9 @@ def evaluate(
 # Model, weights and outputs
 # --------------------------------------------------------------------------------------------------
 
-def own_checkpoint_spec(path: str | os.PathLike) -> Optional[tuple[str, dict]]:
-    """``(model_name, model_args)`` when ``path`` is one of this project's checkpoints, else None.
-
-    Other formats (PySlowFast .pyth, pytorchvideo, Caffe2 .pkl, PaddleVideo .pdparams) carry no
-    architecture record; the model is then built from ``cfg.model``.
-    """
-    # torch.save writes a zip archive; Caffe2 .pkl and PaddleVideo .pdparams are bare pickles, and need
-    # not be read twice.
-    if not zipfile.is_zipfile(path):
-        return None
-    try:
-        # mmap: only the small metadata is read; the tensors stay on disk until load_weights reads them.
-        ckpt = torch.load(path, map_location="cpu", mmap=True, weights_only=True)
-    except Exception:  # not a torch file this can read: load_weights reports what the file is
-        return None
-    if isinstance(ckpt, Mapping) and ckpt.get("format") == CHECKPOINT_FORMAT and ckpt.get("model_name"):
-        return str(ckpt["model_name"]), dict(ckpt.get("model_args") or {})
-    return None
-
-
-def build_model(cfg: Any, weights: str | os.PathLike) -> tuple[torch.nn.Module, Any]:
-    """The network with ``weights`` loaded (strictly), and the :class:`models.LoadReport`.
-
-    Built from the checkpoint's own architecture record when it is one of ours, else from
-    ``cfg.model`` (``name``, ``num_classes``, ``args``). ``cfg.model`` is updated to what was built, so the
-    saved configuration names the evaluated model.
-
-    Args:
-        cfg: resolved configuration (its ``model`` section is read and updated).
-        weights: any file :func:`models.load_weights` reads.
-    """
-    weights = Path(weights)
-    if not weights.is_file():
-        raise FileNotFoundError(f"weights file {str(weights)!r} does not exist; pass -w with a checkpoint "
-                                f"(ours, PySlowFast .pyth, pytorchvideo, Caffe2 .pkl or "
-                                f"PaddleVideo .pdparams)")
-    spec = own_checkpoint_spec(weights)
-    if spec is not None:
-        name, arch = spec
-        model = model_from_arch(name, arch)
-        if name != cfg.model.name or model.arch.num_classes != cfg.model.num_classes:
-            LOG.info("[TEST] the checkpoint records model %s with %d classes; using it (config said %s, %d)",
-                     name, model.arch.num_classes, cfg.model.name, cfg.model.num_classes)
-    else:
-        model = create_model(cfg.model.name, num_classes=cfg.model.num_classes, **dict(cfg.model.args or {}))
-    report = load_weights(model, str(weights), strict=True)
-    cfg.model.name = model.model_name
-    cfg.model.num_classes = model.arch.num_classes
-    return model, report
-
-
 def prepare_model(model: torch.nn.Module, device: torch.device, channels_last: bool) -> torch.nn.Module:
     """``model`` on ``device`` in eval mode, in ``torch.channels_last_3d`` if asked (as in training)."""
-    model = model.to(device).eval()
-    if channels_last:
-        model = model.to(memory_format=torch.channels_last_3d)
-    return model
-
-
-def _atomic_write(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` through a temporary file in the same folder, then rename."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as handle:
-            handle.write(text)
-        os.chmod(tmp, 0o644)  # mkstemp creates 0600; results are meant to be shared
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    return place_model(model, device, channels_last).eval()
 
 
 def _finite_or_none(value: float) -> Optional[float]:
@@ -457,7 +340,7 @@ def write_outputs(result: EvalResult, records: Sequence, class_names: Sequence[s
         "videos_per_second": round(result.num_evaluated / result.seconds, 3) if result.seconds > 0 else None,
         "config": cfg.to_dict() if hasattr(cfg, "to_dict") else dict(cfg),
     }
-    _atomic_write(output_dir / "metrics.json", json.dumps(summary, indent=2) + "\n")
+    write_text(output_dir / "metrics.json", json.dumps(summary, indent=2) + "\n")
     lines = []
     for index, label, top in zip(result.video_indices, result.labels,
                                  top_predictions(result.scores, result.num_views, class_names)):
@@ -469,7 +352,7 @@ def write_outputs(result: EvalResult, records: Sequence, class_names: Sequence[s
             "top5_names": [n for _, n, _ in top],
             "top5_scores": [round(s, 6) for _, _, s in top],
         }))
-    _atomic_write(output_dir / "predictions.jsonl", "".join(line + "\n" for line in lines))
+    write_text(output_dir / "predictions.jsonl", "".join(line + "\n" for line in lines))
     save_config(cfg, output_dir)
     return summary
 
@@ -520,7 +403,7 @@ class Prediction:
 
 
 def predict_files(model: torch.nn.Module, cfg: Any, paths: Sequence[str], *, device: torch.device,
-                  class_names: Sequence[str], progress: bool = False) -> list[Prediction]:
+                  precision: Precision, class_names: Sequence[str], progress: bool = False) -> list[Prediction]:
     """Top-5 predictions for video files, with the same multi-view protocol as the evaluation.
 
     Each file is probed; files are grouped by the backend that can decode their codec here (DALI where
@@ -533,6 +416,7 @@ def predict_files(model: torch.nn.Module, cfg: Any, paths: Sequence[str], *, dev
         cfg: resolved configuration (test.*, data.* decide views and preprocessing).
         paths: the video files.
         device: where the model runs.
+        precision: the autocast policy.
         class_names: names of the model's classes.
         progress: print videos/s and ETA.
     """
@@ -564,7 +448,7 @@ def predict_files(model: torch.nn.Module, cfg: Any, paths: Sequence[str], *, dev
                  "pyav" if backend == "pyav" else f"dali on the {data_device}")
         loader = build_loader(group_cfg, "test", rank=dist_utils.get_rank(),
                               world_size=dist_utils.get_world_size(), alpha=model.arch.alpha, records=records)
-        result = evaluate(model, loader, num_views=num_views, device=device, precision=cfg.train.precision,
+        result = evaluate(model, loader, num_views=num_views, device=device, precision=precision,
                           channels_last=bool(cfg.model.channels_last), progress=progress)
         tops = top_predictions(result.scores, num_views, class_names) if result.num_evaluated else []
         for index, top in zip(result.video_indices, tops):
@@ -590,32 +474,10 @@ def print_predictions(predictions: Sequence[Prediction], stream=None) -> None:
 
 
 # --------------------------------------------------------------------------------------------------
-# The driver
+# A whole test run
 # --------------------------------------------------------------------------------------------------
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="test.py",
-        description="Multi-view evaluation (test.num_clips x test.num_crops views per video) of a SlowFast "
-                    "model on data.test_list, or top-5 predictions for video files (--video).")
-    add_config_args(parser)
-    parser.add_argument("-w", "--weights", required=True,
-                        help="weights: our checkpoint, PySlowFast .pyth, pytorchvideo, Caffe2 .pkl or "
-                             "PaddleVideo .pdparams")
-    parser.add_argument("--output-dir", default=None, help="where results go (default: test.output_dir)")
-    parser.add_argument("--video", nargs="+", default=None, metavar="FILE",
-                        help="predict these files (top-5 classes) instead of evaluating the test list")
-    parser.add_argument("--no-progress", dest="progress", action="store_false",
-                        help="do not print videos/s and ETA to stderr")
-    return parser
-
-
-# Errors in what the user gave (config, list, weights, data); their messages say what to fix, so they are
-# printed without a traceback. ValueError also covers models.WeightsError and unknown model names.
-USER_ERRORS = (ConfigError, DatasetError, BackendUnavailable, FileNotFoundError, ValueError)
-
-
-def run_test_list(cfg: Any, model: torch.nn.Module, weights: str, device: torch.device,
+def run_test_list(cfg: Any, model: torch.nn.Module, weights: str, device: torch.device, precision: Precision,
                   output_dir: Path, progress: bool) -> EvalResult:
     """Evaluate ``cfg.data.test_list`` on every rank; the primary rank logs and writes the outputs.
 
@@ -624,6 +486,7 @@ def run_test_list(cfg: Any, model: torch.nn.Module, weights: str, device: torch.
         model: prepared (eval mode, on ``device``).
         weights: the weights file (recorded in metrics.json).
         device: where the model runs.
+        precision: the autocast policy.
         output_dir: where metrics.json, predictions.jsonl and config.yaml go.
         progress: print videos/s and ETA.
     """
@@ -631,10 +494,10 @@ def run_test_list(cfg: Any, model: torch.nn.Module, weights: str, device: torch.
     loader = build_loader(cfg, "test", rank=dist_utils.get_rank(), world_size=dist_utils.get_world_size(),
                           alpha=model.arch.alpha)
     num_views = int(cfg.test.num_clips) * int(cfg.test.num_crops)
-    LOG.info("[TEST] %s on %d videos of %s: %d clips x %d crops, %d videos per batch, %d process(es)",
+    LOG.info("[TEST] %s on %d videos of %s: %d clips x %d crops, %d videos per batch, %d process(es), %s",
              cfg.model.name, len(loader.records), cfg.data.test_list, cfg.test.num_clips, cfg.test.num_crops,
-             cfg.test.batch_size, dist_utils.get_world_size())
-    result = evaluate(model, loader, num_views=num_views, device=device, precision=cfg.train.precision,
+             cfg.test.batch_size, dist_utils.get_world_size(), precision.name)
+    result = evaluate(model, loader, num_views=num_views, device=device, precision=precision,
                       channels_last=bool(cfg.model.channels_last), progress=progress)
     if dist_utils.is_primary():
         log_result(result)
@@ -644,37 +507,42 @@ def run_test_list(cfg: Any, model: torch.nn.Module, weights: str, device: torch.
     return result
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
-    """``python test.py -c CONFIG -w WEIGHTS [--video FILE ...]``; returns the exit status."""
-    parser = build_parser()
-    args = parser.parse_args(argv)
+def run_test(cfg: Any, weights: str, *, videos: Optional[Sequence[str]] = None,
+             output_dir: Optional[str | os.PathLike] = None, progress: bool = True,
+             explicit_keys: Iterable[str] = frozenset()) -> int:
+    """One process's test run: the multi-view evaluation of ``data.test_list``, or top-5 predictions for
+    ``videos``. Every rank of a torchrun job calls it.
+
+    Args:
+        cfg: resolved configuration (its ``model`` section is updated to a checkpoint's own model).
+        weights: the weights file (``-w``), any format :func:`models.load_weights` reads.
+        videos: files to predict instead of the test list (``--video``).
+        output_dir: where the list evaluation's outputs go (default ``test.output_dir``).
+        progress: print videos/s and ETA to stderr.
+        explicit_keys: configuration keys given on the command line (for the precision policy).
+
+    Returns:
+        The exit status: 0, or 1 when no video could be evaluated (or predicted).
+    """
     info = dist_utils.init_distributed()
     try:
-        try:
-            cfg = config_from_args(args)
-            output_dir = Path(args.output_dir or cfg.test.output_dir)
-            setup_logging(info.is_primary, None if args.video else output_dir, name="test")
-            for key in ("num_clips", "num_crops", "batch_size"):
-                if int(cfg.test[key]) < 1:
-                    raise ValueError(f"test.{key}={cfg.test[key]} must be >= 1")
-            model, report = build_model(cfg, args.weights)
-            LOG.info("[TEST] %s: %s", cfg.model.name, report.summary())
-            model = prepare_model(model, info.device, bool(cfg.model.channels_last))
-            if args.video:
-                class_names = read_class_names(cfg.data.class_names, cfg.model.num_classes)
-                predictions = predict_files(model, cfg, args.video, device=info.device,
-                                            class_names=class_names, progress=args.progress)
-                if info.is_primary:
-                    print_predictions(predictions)
-                if not any(p.top for p in predictions):
-                    print(f"test.py: error: none of the {len(predictions)} file(s) could be predicted "
-                          f"(see the ERROR lines above)", file=sys.stderr)
-                    return 1
-                return 0
-            result = run_test_list(cfg, model, args.weights, info.device, output_dir, args.progress)
-            return 0 if result.num_evaluated else 1
-        except USER_ERRORS as err:
-            print(f"test.py: error: {err}", file=sys.stderr)
-            return 2
+        output_dir = Path(output_dir or cfg.test.output_dir)
+        setup_logging(info.is_primary, None if videos else output_dir, name="test")
+        model = build_model(cfg, info.device, weights, arch_from_checkpoint=True).eval()
+        check_data_fits_model(cfg, model)
+        precision = precision_for(cfg, "test", info.device, explicit_keys)
+        if videos:
+            class_names = read_class_names(cfg.data.class_names, cfg.model.num_classes)
+            predictions = predict_files(model, cfg, videos, device=info.device, precision=precision,
+                                        class_names=class_names, progress=progress)
+            if info.is_primary:
+                print_predictions(predictions)
+            if not any(p.top for p in predictions):
+                print(f"error: none of the {len(predictions)} file(s) could be predicted (see the ERROR lines "
+                      f"above)", file=sys.stderr)
+                return 1
+            return 0
+        result = run_test_list(cfg, model, str(weights), info.device, precision, output_dir, progress)
+        return 0 if result.num_evaluated else 1
     finally:
         dist_utils.cleanup()

@@ -1,0 +1,104 @@
+"""The network a run uses: built from the configuration or a checkpoint, placed on its device, checked
+against the data settings it must fit. Training, the test and the benchmarks build it here.
+"""
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Any, Optional
+
+import torch
+from torch import nn
+
+import models
+from configs import ConfigError
+from engine.checkpoint import CheckpointError, read_model_spec
+
+log = logging.getLogger(__name__)
+
+WEIGHT_FORMATS_HINT = "ours, PySlowFast .pyth, pytorchvideo, Caffe2 .pkl or PaddleVideo .pdparams"
+
+
+def place_model(model: nn.Module, device: torch.device, channels_last: bool) -> nn.Module:
+    """``model`` on ``device``, in ``torch.channels_last_3d`` when ``channels_last`` (model.channels_last)."""
+    model = model.to(device)
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last_3d)
+    return model
+
+
+def _from_config(cfg: Any) -> nn.Module:
+    args = dict(cfg.model.args or {})
+    try:
+        return models.create_model(cfg.model.name, num_classes=cfg.model.num_classes, **args)
+    except (ValueError, TypeError) as err:  # unknown name or architecture field: the message names it
+        raise ConfigError(f"model.name={cfg.model.name!r} / model.args={args}: {err}") from None
+
+
+def build_model(cfg: Any, device: torch.device, weights: Optional[str | os.PathLike] = None, *,
+                arch_from_checkpoint: bool = False) -> nn.Module:
+    """The bare network on ``device`` (channels-last if ``model.channels_last``), maybe with ``weights``.
+
+    How a weights file decides the network:
+
+    - training (``arch_from_checkpoint=False``): the network is ``cfg.model``; the file is loaded strictly,
+      except that a classifier of another class count is re-initialised (fine-tuning from any format).
+    - evaluation (``arch_from_checkpoint=True``): one of this project's checkpoints rebuilds the network it
+      records (``model_name`` / ``model_args``) and ``cfg.model.name`` / ``num_classes`` are updated to it, so
+      the saved configuration names the evaluated model; other formats carry no architecture and build
+      ``cfg.model``. Loading is strict.
+
+    Args:
+        cfg: resolved configuration (``model.*``).
+        device: where the model goes.
+        weights: any file :func:`models.load_weights` reads, or None for a fresh initialisation.
+        arch_from_checkpoint: see above.
+
+    Raises:
+        ConfigError: an unknown ``model.name`` or architecture field.
+        WeightsError: a missing or unreadable file, or weights that do not fit.
+    """
+    spec = None
+    if weights is not None:
+        if not Path(weights).is_file():
+            raise models.WeightsError(f"weights file {str(weights)!r} does not exist; pass -w with a checkpoint "
+                                      f"({WEIGHT_FORMATS_HINT})")
+        if arch_from_checkpoint:
+            spec = read_model_spec(weights)
+    if spec is not None:
+        name, arch = spec
+        try:
+            model = models.model_from_arch(name, arch)
+        except (ValueError, TypeError) as err:
+            raise CheckpointError(f"{weights} records model {name!r} with {arch}, which this version cannot "
+                                  f"build ({err}); use a matching version of this project") from None
+        if name != cfg.model.name or model.arch.num_classes != cfg.model.num_classes:
+            log.info("weights: the checkpoint records model %s with %d classes; using it (config said %s, %d)",
+                     name, model.arch.num_classes, cfg.model.name, cfg.model.num_classes)
+        cfg.model.name, cfg.model.num_classes = model.model_name, model.arch.num_classes
+    else:
+        model = _from_config(cfg)
+    if weights is not None:
+        # reinit_head only acts when the file's classifier has another class count (fine-tuning).
+        report = models.load_weights(model, str(weights), strict=True, reinit_head=not arch_from_checkpoint)
+        log.info("weights: %s", report.summary())
+        if report.reinitialized:
+            log.info("weights: the classifier (%s) was re-initialised for model.num_classes=%d (fine-tuning)",
+                     ", ".join(report.reinitialized), cfg.model.num_classes)
+    return place_model(model, device, bool(cfg.model.channels_last))
+
+
+def check_data_fits_model(cfg: Any, model: nn.Module) -> None:
+    """Reject data settings the model cannot take: ``data.num_frames`` must be a multiple of its alpha.
+
+    Raises:
+        ConfigError: naming both values and the fix.
+    """
+    alpha = int(models.unwrap_model(model).arch.alpha)
+    frames = int(cfg.data.num_frames)
+    if frames % alpha:
+        lower = max(alpha, frames - frames % alpha)
+        raise ConfigError(
+            f"data.num_frames={frames} is not a multiple of the model's alpha={alpha} ({cfg.model.name}: the "
+            f"Slow pathway takes every alpha-th frame); use -o data.num_frames={lower} or {lower + alpha}")

@@ -1,0 +1,738 @@
+"""Training: PySlowFast's recipe with DDP, the project's precision policy, precise BN, checkpoints and resume.
+
+The pieces, in the order a run uses them (``python train.py`` calls :func:`run_training`):
+
+- :func:`build_trainer`: model (:func:`engine.model.build_model`), optimizer (:func:`build_optimizer`: SGD with
+  Nesterov momentum, weight decay on conv/linear weights only, as PySlowFast's ``BN.WEIGHT_DECAY = 0``; or
+  AdamW for the CPU demo), precision (:mod:`engine.precision`), :func:`wrap_model` (SyncBatchNorm, DDP,
+  ``torch.compile``) and the loaders (:func:`pipelines.build_loader`).
+- :func:`train_step`: one optimizer step (forward under autocast, loss, skip on a non-finite loss on every
+  rank together, backward, step); the benchmark times this very function.
+- :func:`train_one_epoch`, :func:`validate`, :func:`precise_bn`, :func:`save`, :func:`resume`.
+- :func:`fit`: the epoch loop; :func:`run_training`: one process's whole run.
+
+The learning rate follows :mod:`engine.lr_schedule` every iteration; the checkpoint format is
+:mod:`models.checkpoint_format`, its files :mod:`engine.checkpoint`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+import os
+import random
+import time
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Optional
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from configs import Config, ConfigError, save_config
+from configs.schema import OPTIMIZERS
+from engine import checkpoint as ckpt
+from engine import distributed
+from engine.lr_schedule import lr_at, scaled_lr
+from engine.meters import RunLog, SmoothedValue, setup_logging, topk_correct
+from engine.model import build_model, check_data_fits_model
+from engine.precise_bn import update_bn_stats
+from engine.precision import Precision, precision_for, to_model_inputs
+from models.checkpoint_format import make_checkpoint
+from pipelines import build_loader
+from utils.atomic import atomic_copy
+from utils.errors import UserError
+from utils.progress import Progress, format_duration
+
+log = logging.getLogger("train")
+
+# NOTE: with channels_last_3d, a 1x1x1 conv weight (C_out, C_in, 1, 1, 1) gets strides (C_in, 1, C_in, C_in,
+# C_in) while autograd hands DDP a gradient with strides (C_in, 1, 1, 1, 1): the same memory (the size-1
+# dims' strides are meaningless), yet DDP's reducer warns "Grad strides do not match bucket view strides"
+# on every such layer (seen with torch 2.13, gloo, slowfast_tiny). Silence that one message.
+warnings.filterwarnings("ignore", message="Grad strides do not match bucket view strides")
+
+
+class TrainingError(UserError, RuntimeError):
+    """Training cannot go on (bad setup or diverged); the message says what happened and what to do."""
+
+
+class NonFiniteLossError(TrainingError):
+    """The loss stayed NaN/inf for ``train.max_nonfinite`` consecutive steps."""
+
+
+# ---------------------------------------------------------------------------------------------- build
+
+
+def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
+    """Two groups: decayed (conv/linear weights) and not decayed (norm parameters and all biases)."""
+    decay, no_decay = [], []
+    norm_types = (nn.modules.batchnorm._BatchNorm, nn.GroupNorm, nn.LayerNorm)
+    for module in model.modules():
+        for name, param in module.named_parameters(recurse=False):
+            if not param.requires_grad:
+                continue
+            if isinstance(module, norm_types) or name == "bias" or param.ndim <= 1:
+                no_decay.append(param)
+            else:
+                decay.append(param)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def build_optimizer(model: nn.Module, cfg: Config, device: torch.device) -> torch.optim.Optimizer:
+    """SGD with Nesterov momentum (the recipe); fused kernels on CUDA (torch's, else apex's when installed).
+
+    ``train.optimizer: adamw`` selects AdamW instead (same parameter groups, LR schedule and weight decay;
+    momentum/nesterov unused). It exists for the CPU demo: ``slowfast_tiny`` trained from scratch for a few
+    hundred steps stays at chance with SGD (lr 0.0125-0.4 tried on the synthetic motion data), while AdamW
+    learns it; see configs/demo.yaml.
+    """
+    name = cfg.train.get("optimizer", "sgd")
+    if name not in OPTIMIZERS:
+        raise ConfigError(f"train.optimizer={name!r} is unknown; use one of {OPTIMIZERS}")
+    groups = param_groups(model, float(cfg.train.weight_decay))
+    if name == "adamw":
+        log.info("optimizer: torch.optim.AdamW")
+        return torch.optim.AdamW(groups, lr=float(cfg.train.base_lr))
+    kwargs = dict(
+        lr=float(cfg.train.base_lr),
+        momentum=float(cfg.train.momentum),
+        nesterov=bool(cfg.train.nesterov) and cfg.train.momentum > 0,
+    )
+    if device.type == "cuda":
+        try:
+            optimizer = torch.optim.SGD(groups, fused=True, **kwargs)
+            log.info("optimizer: torch.optim.SGD(fused=True)")
+            return optimizer
+        except (TypeError, RuntimeError) as err:  # torch builds without the fused SGD kernel
+            log.info("optimizer: torch fused SGD unavailable (%s)", err)
+        try:
+            from apex.optimizers import FusedSGD  # NVIDIA apex; the unrelated PyPI `apex` has no optimizers
+        except ImportError:
+            FusedSGD = None
+        if FusedSGD is not None:
+            log.info("optimizer: apex.optimizers.FusedSGD")
+            return FusedSGD(groups, **kwargs)
+    return torch.optim.SGD(groups, **kwargs)
+
+
+def wrap_model(model: nn.Module, cfg: Config, dist_info: distributed.DistInfo) -> nn.Module:
+    """SyncBatchNorm (``train.sync_bn``, when distributed), DDP (when distributed), ``torch.compile``
+    (``train.compile``), in that order. SyncBatchNorm replaces ``model``'s BN layers in place."""
+    if dist_info.distributed:
+        if cfg.train.sync_bn:
+            model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+            log.info("sync_bn: BatchNorm statistics synchronised across %d ranks", dist_info.world_size)
+        device_ids = [dist_info.device.index] if dist_info.device.type == "cuda" else None
+        # Gradients as views of the all-reduce buckets: no copy into the buckets, less memory.
+        model = nn.parallel.DistributedDataParallel(model, device_ids=device_ids, gradient_as_bucket_view=True)
+    if cfg.train.compile:
+        model = torch.compile(model)
+    return model
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+# ---------------------------------------------------------------------------------------------- state
+
+
+@dataclass
+class Trainer:
+    """Everything one process trains with; built by :func:`build_trainer`."""
+
+    cfg: Config
+    dist: distributed.DistInfo
+    model: nn.Module  # what forward runs (DDP / compiled wrappers included)
+    bare_model: nn.Module  # what is saved and what precise BN updates
+    optimizer: torch.optim.Optimizer
+    precision: Precision
+    scaler: Optional[torch.amp.GradScaler]
+    train_loader: Any
+    val_loader: Any
+    output_dir: Path
+    run_log: RunLog
+    validate: bool = False
+    progress: bool = True  # progress meters (validation, precise BN) on stderr, primary rank only
+    epoch: int = 0  # epochs completed
+    iteration: int = 0  # optimizer steps attempted (skipped non-finite ones included)
+    nonfinite_streak: int = 0
+    nonfinite_total: int = 0
+    best_top1: float = -1.0
+    best_epoch: int = -1
+    history: list = field(default_factory=list)
+    prefix: str = ckpt.DEFAULT_PREFIX
+
+    @property
+    def iters_per_epoch(self) -> int:
+        return len(self.train_loader)
+
+    def lr(self, epoch_float: float) -> float:
+        return lr_at(epoch_float, self.cfg, self.dist.world_size)
+
+    def meter(self, total: int, what: str, unit: str = "batches") -> Progress:
+        return Progress(total, what, unit, enabled=self.progress and self.dist.is_primary)
+
+
+def build_trainer(
+    cfg: Config,
+    dist_info: distributed.DistInfo,
+    *,
+    validate: bool = False,
+    weights: Optional[str] = None,
+    explicit_keys: Iterable[str] = frozenset(),
+    progress: bool = True,
+) -> Trainer:
+    """Model, optimizer, precision, loaders and log sinks for this process.
+
+    Args:
+        cfg: resolved configuration.
+        dist_info: this process's rank, world size and device (:func:`engine.distributed.init_distributed`).
+        validate: build the validation loader too.
+        weights: initial weights (``-w``), any format :func:`models.load_weights` reads.
+        explicit_keys: configuration keys given on the command line (for the precision policy).
+        progress: show progress meters for validation and precise BN.
+    """
+    device = dist_info.device
+    output_dir = Path(cfg.train.output_dir)
+    # Every rank builds the same initial weights (DDP would broadcast rank 0's anyway), then each rank
+    # draws its own dropout/augmentation randomness.
+    seed_everything(int(cfg.train.seed))
+    model = build_model(cfg, device, weights)
+    check_data_fits_model(cfg, model)
+    seed_everything(int(cfg.train.seed) + dist_info.rank)
+    precision = precision_for(cfg, "train", device, explicit_keys)
+    optimizer = build_optimizer(model, cfg, device)
+    wrapped = wrap_model(model, cfg, dist_info)
+    alpha = int(model.arch.alpha)
+    train_loader = build_loader(cfg, "train", rank=dist_info.rank, world_size=dist_info.world_size, alpha=alpha)
+    if len(train_loader) == 0:
+        raise TrainingError(
+            f"the training loader yields no batch: {len(train_loader.records)} videos over {dist_info.world_size} "
+            f"process(es) with data.batch_size={cfg.data.batch_size}; lower data.batch_size or add videos"
+        )
+    val_loader = None
+    if validate:
+        val_loader = build_loader(cfg, "val", rank=dist_info.rank, world_size=dist_info.world_size, alpha=alpha)
+    return Trainer(
+        cfg=cfg,
+        dist=dist_info,
+        model=wrapped,
+        bare_model=model,
+        optimizer=optimizer,
+        precision=precision,
+        scaler=precision.make_scaler(),
+        train_loader=train_loader,
+        val_loader=val_loader,
+        output_dir=output_dir,
+        run_log=RunLog(output_dir, enabled=dist_info.is_primary),
+        validate=validate,
+        progress=progress,
+        prefix=ckpt.checkpoint_prefix(output_dir),
+    )
+
+
+# ---------------------------------------------------------------------------------------------- steps
+
+
+def _any_rank(flag: bool, device: torch.device) -> bool:
+    """True when ``flag`` is true on at least one rank (every rank gets the same answer)."""
+    if distributed.get_world_size() == 1:
+        return flag
+    box = torch.tensor([1.0 if flag else 0.0], device=device)
+    distributed.all_reduce_sum(box)
+    return bool(box.item() > 0)
+
+
+class BufferSnapshot:
+    """A copy of a model's buffers (BN running statistics), taken before each forward and put back when the
+    step is skipped: the forward of a step that turns out non-finite has already moved them (maybe to NaN)."""
+
+    def __init__(self, model: nn.Module) -> None:
+        self.buffers = list(model.buffers())
+        self.saved = [b.detach().clone() for b in self.buffers]
+
+    def save(self) -> None:
+        if self.buffers:
+            torch._foreach_copy_(self.saved, self.buffers)
+
+    def restore(self) -> None:
+        if self.buffers:
+            torch._foreach_copy_(self.buffers, self.saved)
+
+
+@dataclass
+class StepResult:
+    loss: float  # the loss value (NaN/inf for a skipped step)
+    logits: torch.Tensor  # detached
+    applied: bool  # False: the loss was non-finite on some rank and no rank updated
+
+
+def train_step(
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    inputs: list[torch.Tensor],
+    labels: torch.Tensor,
+    precision: Precision,
+    scaler: Optional[torch.amp.GradScaler] = None,
+    snapshot: Optional[BufferSnapshot] = None,
+) -> StepResult:
+    """One optimizer step: forward under ``precision``, cross-entropy, backward, step (scaled for fp16).
+
+    A non-finite loss on any rank skips the step on every rank together (a rank that ran backward alone would
+    wait forever in DDP's gradient all-reduce): no update, gradients dropped, buffers restored from
+    ``snapshot``. The loss is read on the host once per step (the skip decision needs it).
+
+    Args:
+        model: what forward runs (DDP / compiled wrappers included), in train mode.
+        optimizer: its learning rate already set for this step.
+        inputs: ``[slow, fast]`` on the device (:func:`engine.precision.to_model_inputs`).
+        labels: (N,) class indices on the device.
+        precision: the autocast policy; ``scaler``: the fp16 gradient scaler (``precision.make_scaler()``).
+        snapshot: the model's buffers, saved before the forward and restored on a skip.
+    """
+    if snapshot is not None:
+        snapshot.save()
+    with precision.autocast():
+        logits = model(inputs)
+    loss = F.cross_entropy(logits.float(), labels)
+    loss_value = loss.item()
+    if _any_rank(not math.isfinite(loss_value), labels.device):
+        optimizer.zero_grad(set_to_none=True)
+        if snapshot is not None:
+            snapshot.restore()
+        return StepResult(loss_value, logits.detach(), applied=False)
+    if scaler is not None:
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
+    else:
+        loss.backward()
+        optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    return StepResult(loss_value, logits.detach(), applied=True)
+
+
+def _batch_inputs(trainer: Trainer, batch: Any) -> tuple[list[torch.Tensor], torch.Tensor, Any]:
+    pathways, labels, video_index = batch
+    inputs = to_model_inputs(pathways, trainer.dist.device, bool(trainer.cfg.model.channels_last), trainer.precision)
+    return inputs, labels.to(trainer.dist.device, non_blocking=True), video_index
+
+
+def train_one_epoch(trainer: Trainer, epoch: int) -> dict:
+    """One pass over the training loader; the LR follows the schedule every iteration.
+
+    Returns:
+        The epoch's summary (mean loss, top-1 over its batches, throughput, skipped steps).
+    """
+    cfg, device = trainer.cfg, trainer.dist.device
+    model, optimizer = trainer.model, trainer.optimizer
+    loader = trainer.train_loader
+    loader.set_epoch(epoch)
+    model.train()
+    num_iters = len(loader)
+    world = trainer.dist.world_size
+    loss_meter, top1_meter = SmoothedValue(cfg.train.log_every), SmoothedValue(cfg.train.log_every)
+    iter_time, data_time = SmoothedValue(cfg.train.log_every), SmoothedValue(cfg.train.log_every)
+    skipped = 0
+    epoch_start = end = time.perf_counter()
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    snapshot = BufferSnapshot(trainer.bare_model)
+    for step, batch in enumerate(loader):
+        data_time.update(time.perf_counter() - end)
+        inputs, labels, _ = _batch_inputs(trainer, batch)
+        lr = trainer.lr(epoch + step / num_iters)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        result = train_step(model, optimizer, inputs, labels, trainer.precision, trainer.scaler, snapshot)
+        trainer.iteration += 1
+        if not result.applied:
+            skipped += 1
+            trainer.nonfinite_streak += 1
+            trainer.nonfinite_total += 1
+            log.warning(
+                "epoch %d iter %d: non-finite loss (%s on this rank); step skipped (%d in a row, %d in all)",
+                epoch + 1, step + 1, result.loss, trainer.nonfinite_streak, trainer.nonfinite_total,
+            )
+            if trainer.nonfinite_streak >= cfg.train.max_nonfinite:
+                raise NonFiniteLossError(
+                    f"the loss was non-finite for {trainer.nonfinite_streak} consecutive steps "
+                    f"(train.max_nonfinite={cfg.train.max_nonfinite}) at epoch {epoch + 1}, iteration {step + 1}; "
+                    f"training diverged: lower train.base_lr, lengthen train.warmup_epochs, use "
+                    f"-o train.precision=bf16 or fp32 instead of fp16, or check the input data"
+                )
+            end = time.perf_counter()
+            continue
+        trainer.nonfinite_streak = 0
+        batch_size = labels.shape[0]
+        top1 = topk_correct(result.logits, labels, (1,))[1].float().mean().item()
+        loss_meter.update(result.loss, batch_size)
+        top1_meter.update(top1, batch_size)
+        iter_time.update(time.perf_counter() - end)
+        end = time.perf_counter()
+        if (step + 1) % cfg.train.log_every == 0 or step + 1 == num_iters:
+            remaining = (num_iters - step - 1) + (cfg.train.epochs - epoch - 1) * num_iters
+            record = {
+                "epoch": epoch + 1,
+                "iter": step + 1,
+                "iters": num_iters,
+                "step": trainer.iteration,
+                "loss": loss_meter.window_avg,
+                "top1": top1_meter.window_avg,
+                "lr": lr,
+                "clips_per_s": batch_size * world / iter_time.window_avg,
+                "data_wait": data_time.window_avg / max(iter_time.window_avg, 1e-9),
+                "eta_s": remaining * iter_time.global_avg,
+            }
+            if device.type == "cuda":
+                record["max_mem_gib"] = torch.cuda.max_memory_allocated(device) / 2**30
+            log.info(
+                "epoch %d/%d iter %d/%d  loss %.4f  top1 %.1f%%  lr %.5f  %.1f clips/s  data %.0f%%%s  eta %s",
+                epoch + 1, cfg.train.epochs, step + 1, num_iters, record["loss"], 100 * record["top1"], lr,
+                record["clips_per_s"], 100 * record["data_wait"],
+                f"  mem {record['max_mem_gib']:.1f}G" if "max_mem_gib" in record else "",
+                format_duration(record["eta_s"]),
+            )
+            trainer.run_log.write("iter", record, step=trainer.iteration)
+    elapsed = time.perf_counter() - epoch_start
+    summary = {
+        "epoch": epoch + 1,
+        "loss": loss_meter.global_avg,
+        "top1": top1_meter.global_avg,
+        "lr": trainer.lr(epoch + 1),
+        "time_s": elapsed,
+        "clips_per_s": loss_meter.count * world / max(elapsed, 1e-9),
+        "data_wait": data_time.total / max(elapsed, 1e-9),
+        "skipped_steps": skipped,
+    }
+    if device.type == "cuda":
+        summary["max_mem_gib"] = torch.cuda.max_memory_allocated(device) / 2**30
+    failures = getattr(loader, "failures", [])
+    if failures:
+        summary["decode_failures"] = len(failures)
+        log.warning("epoch %d: %d video(s) failed to decode and were replaced; first: %s",
+                    epoch + 1, len(failures), failures[0])
+    return summary
+
+
+@torch.no_grad()
+def validate(trainer: Trainer, loader: Any, epoch: int) -> dict:
+    """Single-clip top-1/top-5 and loss over ``loader``, summed over ranks, padding samples dropped."""
+    device = trainer.dist.device
+    model = trainer.bare_model  # identical on every rank; DDP adds nothing in eval
+    model.eval()
+    loader.set_epoch(epoch)
+    totals = torch.zeros(4, dtype=torch.float64, device=device)  # loss sum, top-1 hits, top-5 hits, videos
+    meter = trainer.meter(len(loader), f"[VAL] epoch {epoch + 1}")
+    for batch in loader:
+        inputs, labels, video_index = _batch_inputs(trainer, batch)
+        with trainer.precision.autocast():
+            logits = model(inputs)
+        meter.update()
+        keep = (torch.as_tensor(video_index) >= 0).to(device)
+        logits, labels = logits[keep].float(), labels[keep]
+        if labels.numel() == 0:
+            continue
+        hits = topk_correct(logits, labels, (1, 5))
+        totals += torch.stack([
+            F.cross_entropy(logits, labels, reduction="sum").double(),
+            hits[1].sum().double(),
+            hits[5].sum().double(),
+            torch.tensor(labels.numel(), device=device).double(),
+        ])
+    meter.close()
+    distributed.all_reduce_sum(totals)
+    loss_sum, top1, top5, count = totals.tolist()
+    if count == 0:
+        raise TrainingError("validation saw no video: check data.val_list")
+    return {"epoch": epoch + 1, "top1": top1 / count, "top5": top5 / count, "loss": loss_sum / count,
+            "videos": int(count)}
+
+
+def broadcast_buffers(model: nn.Module) -> None:
+    """Copy rank 0's buffers (BN running statistics) to every rank; a no-op on one process."""
+    if distributed.get_world_size() > 1:
+        for buffer in model.buffers():
+            torch.distributed.broadcast(buffer, src=0)
+
+
+def precise_bn(trainer: Trainer, epoch: int) -> int:
+    """Recompute BN statistics over ``train.precise_bn_batches`` training batches (weights unchanged)."""
+    batches = int(trainer.cfg.train.precise_bn_batches)
+    if batches <= 0:
+        return 0
+    loader = trainer.train_loader
+    loader.set_epoch(epoch)
+    count = min(batches, len(loader))
+
+    meter = trainer.meter(count, f"[precise BN] epoch {epoch + 1}")
+
+    def forward(model: nn.Module, batch: Any) -> Any:
+        inputs, _, _ = _batch_inputs(trainer, batch)
+        output = model(inputs)
+        meter.update()
+        return output
+
+    used = update_bn_stats(trainer.model, loader, count, forward, trainer.precision.autocast)
+    meter.close()
+    log.info("precise BN: statistics recomputed over %d batch(es)", used)
+    return used
+
+
+# ---------------------------------------------------------------------------------------------- save
+
+
+def checkpoint_state(trainer: Trainer, rng_states: list, metrics: dict) -> dict:
+    """The checkpoint dict (:mod:`models.checkpoint_format`)."""
+    bare = trainer.bare_model
+    return make_checkpoint(
+        model_state=bare.state_dict(),
+        model_name=getattr(bare, "model_name", trainer.cfg.model.name),
+        model_args=dataclasses.asdict(bare.arch),
+        epoch=trainer.epoch,
+        iteration=trainer.iteration,
+        optimizer=trainer.optimizer.state_dict(),
+        scaler=trainer.scaler.state_dict() if trainer.scaler is not None else None,
+        scheduler={"epoch": float(trainer.epoch), "iters_per_epoch": trainer.iters_per_epoch,
+                   "lr": trainer.lr(trainer.epoch)},
+        config=trainer.cfg.to_dict(),
+        rng={"world_size": trainer.dist.world_size, "ranks": rng_states},
+        metrics=metrics,
+    )
+
+
+def save(trainer: Trainer, numbered: bool, is_best: bool, metrics: dict) -> Optional[Path]:
+    """Write latest.pt (always), the epoch file (if ``numbered``), best.pt (if ``is_best``); rank 0 only.
+
+    Every rank must call this (the RNG states are gathered from all of them).
+    """
+    rng_states = distributed.all_gather_object(ckpt.rng_state())
+    written = None
+    if trainer.dist.is_primary:
+        state = checkpoint_state(trainer, rng_states, metrics)
+        out = trainer.output_dir
+        latest = out / ckpt.LATEST_NAME
+        if numbered:
+            written = ckpt.save_checkpoint(state, out / ckpt.epoch_checkpoint_name(trainer.prefix, trainer.epoch))
+            atomic_copy(written, latest)
+            for path in ckpt.prune_epoch_checkpoints(out, trainer.prefix, int(trainer.cfg.train.keep_last)):
+                log.info("checkpoint: removed %s (train.keep_last=%d)", path.name, trainer.cfg.train.keep_last)
+        else:
+            written = ckpt.save_checkpoint(state, latest)
+        if is_best:
+            atomic_copy(written, out / ckpt.BEST_NAME)
+        log.info("checkpoint: %s%s", written, " (best)" if is_best else "")
+    distributed.barrier()
+    return written
+
+
+def resume(trainer: Trainer, path: Path) -> None:
+    """Continue from ``path``: weights, optimizer, scaler, position, best metric, RNG states."""
+    state = ckpt.load_checkpoint(path, map_location="cpu")
+    bare = trainer.bare_model
+    expected_args = dataclasses.asdict(bare.arch)
+    if (state.get("model_name") != getattr(bare, "model_name", trainer.cfg.model.name)
+            or state.get("model_args") != expected_args):
+        raise ckpt.CheckpointError(
+            f"{path} holds {state.get('model_name')!r} with {state.get('model_args')}, but this run builds "
+            f"{trainer.cfg.model.name!r} with {expected_args}; resume with the run's own config, or start from "
+            f"its weights with -w {path}"
+        )
+    bare.load_state_dict(state["model"])
+    trainer.optimizer.load_state_dict(state["optimizer"])
+    if trainer.scaler is not None and state.get("scaler"):
+        trainer.scaler.load_state_dict(state["scaler"])
+    trainer.epoch = int(state["epoch"])
+    trainer.iteration = int(state["iteration"])
+    metrics = state.get("metrics") or {}
+    trainer.best_top1 = float(metrics.get("best_top1", -1.0))
+    trainer.best_epoch = int(metrics.get("best_epoch", -1))
+    rng = state.get("rng") or {}
+    if rng.get("world_size") == trainer.dist.world_size and len(rng.get("ranks", [])) > trainer.dist.rank:
+        ckpt.set_rng_state(rng["ranks"][trainer.dist.rank])
+    else:
+        log.warning("resume: %s was written by %s process(es), this run has %d; random states re-seeded",
+                    path, rng.get("world_size"), trainer.dist.world_size)
+        seed_everything(int(trainer.cfg.train.seed) + 1000 * trainer.epoch + trainer.dist.rank)
+    _log_config_changes(state.get("config") or {}, trainer.cfg.to_dict())
+    log.info("resume: %s at epoch %d/%d (iteration %d, LR %.5f)", path, trainer.epoch, trainer.cfg.train.epochs,
+             trainer.iteration, trainer.lr(trainer.epoch))
+
+
+def _log_config_changes(saved: dict, current: dict, prefix: str = "") -> None:
+    for key in sorted(set(saved) | set(current)):
+        a, b = saved.get(key), current.get(key)
+        if isinstance(a, dict) and isinstance(b, dict):
+            _log_config_changes(a, b, f"{prefix}{key}.")
+        elif a != b:
+            log.warning("resume: %s%s was %r, now %r", prefix, key, a, b)
+
+
+def resume_source(resume_arg: Optional[str], output_dir: Path) -> Optional[Path]:
+    """The checkpoint to resume from, or None to start from scratch.
+
+    Args:
+        resume_arg: ``--resume``: None (not given), ``"latest"`` (given without a value) or a file.
+        output_dir: the run's directory. Under a torchrun restart (``TORCHELASTIC_RESTART_COUNT > 0``) the run
+            resumes from its ``latest.pt`` without ``--resume``.
+    """
+    restarts = int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") or 0)
+    latest = ckpt.find_latest(output_dir)
+    if resume_arg not in (None, "latest"):
+        path = Path(resume_arg)
+        if not path.is_file():
+            raise ckpt.CheckpointError(
+                f"--resume {resume_arg}: no such file; omit the value to resume {output_dir}/{ckpt.LATEST_NAME}")
+        return path
+    if resume_arg == "latest" or restarts > 0:
+        if latest is None:
+            log.info("resume: no checkpoint in %s yet; starting from scratch", output_dir)
+        elif restarts > 0 and resume_arg is None:
+            log.info("resume: torchrun restart %d; continuing from %s", restarts, latest)
+        return latest
+    if latest is not None:
+        raise ckpt.CheckpointError(
+            f"{output_dir} already holds a run ({latest.name}); pass --resume to continue it, or choose another "
+            f"directory with --output-dir (or -o train.output_dir=...) to start a new one"
+        )
+    return None
+
+
+# ---------------------------------------------------------------------------------------------- loop
+
+
+def fit(trainer: Trainer) -> dict:
+    """Train from ``trainer.epoch`` to ``train.epochs``: an epoch, then precise BN, validation and checkpoints
+    as configured (:func:`end_of_epoch`). Returns the run's summary (:func:`final_summary`)."""
+    _log_setup(trainer)
+    for epoch in range(trainer.epoch, trainer.cfg.train.epochs):
+        train_summary = train_one_epoch(trainer, epoch)
+        trainer.epoch = epoch + 1
+        end_of_epoch(trainer, epoch, train_summary)
+    return final_summary(trainer)
+
+
+def run_training(
+    cfg: Config,
+    *,
+    validate: bool = False,
+    resume_from: Optional[str] = None,
+    weights: Optional[str] = None,
+    explicit_keys: Iterable[str] = frozenset(),
+    progress: bool = True,
+) -> dict:
+    """One process's training run: join the process group (torchrun), log, build, resume, :func:`fit`.
+
+    Args:
+        cfg: resolved configuration (``train.output_dir`` is where everything goes).
+        validate: validate every ``train.validate_every`` epochs and at the end; keep ``best.pt``.
+        resume_from: ``--resume`` (see :func:`resume_source`).
+        weights: initial weights (``-w``); ignored when resuming.
+        explicit_keys: configuration keys given on the command line (for the precision policy).
+        progress: show progress meters for validation and precise BN.
+
+    Returns:
+        The summary of :func:`final_summary`.
+    """
+    dist_info = distributed.init_distributed()
+    output_dir = Path(cfg.train.output_dir)
+    setup_logging(dist_info.is_primary, output_dir, "train")
+    trainer = None
+    try:
+        checkpoint = resume_source(resume_from, output_dir)
+        trainer = build_trainer(cfg, dist_info, validate=validate, weights=None if checkpoint else weights,
+                                explicit_keys=explicit_keys, progress=progress)
+        if dist_info.is_primary:
+            save_config(cfg, output_dir)
+        if checkpoint is not None:
+            resume(trainer, checkpoint)
+        return fit(trainer)
+    finally:
+        if trainer is not None:
+            trainer.run_log.close()
+        distributed.cleanup()
+
+
+def _log_setup(trainer: Trainer) -> None:
+    cfg, world = trainer.cfg, trainer.dist.world_size
+    log.info(
+        "model %s (%.2fM parameters) on %s, %d process(es), precision %s, channels_last %s, compile %s",
+        cfg.model.name, sum(p.numel() for p in trainer.bare_model.parameters()) / 1e6, trainer.dist.device, world,
+        trainer.precision.name, cfg.model.channels_last, cfg.train.compile,
+    )
+    log.info(
+        "LR: base_lr %.4g for %d clips -> %.4g for the global batch %d (%d x %d), linear warmup from %.4g "
+        "over %g epochs, half-cosine to 0 at epoch %d",
+        cfg.train.base_lr, cfg.train.base_batch,
+        scaled_lr(cfg.train.base_lr, cfg.data.batch_size, world, cfg.train.base_batch),
+        cfg.data.batch_size * world, cfg.data.batch_size, world,
+        scaled_lr(cfg.train.warmup_start_lr, cfg.data.batch_size, world, cfg.train.base_batch),
+        cfg.train.warmup_epochs, cfg.train.epochs,
+    )
+    log.info(
+        "data: %s on %s, %d training batches per epoch%s; output in %s",
+        cfg.data.backend, cfg.data.device, trainer.iters_per_epoch,
+        f", {len(trainer.val_loader)} validation batches" if trainer.val_loader is not None else "",
+        trainer.output_dir,
+    )
+
+
+def end_of_epoch(trainer: Trainer, epoch: int, train_summary: dict) -> None:
+    """After epoch ``epoch``: log, precise BN (or rank 0's BN statistics), validation, checkpoints."""
+    cfg = trainer.cfg
+    done = epoch + 1
+    last = done == cfg.train.epochs
+    do_val = trainer.validate and (done % cfg.train.validate_every == 0 or last)
+    numbered = done % cfg.train.save_every == 0 or last
+    log.info(
+        "epoch %d/%d done in %s: loss %.4f  top1 %.1f%%  %.1f clips/s  data wait %.0f%%  skipped %d",
+        done, cfg.train.epochs, format_duration(train_summary["time_s"]), train_summary["loss"],
+        100 * train_summary["top1"], train_summary["clips_per_s"], 100 * train_summary["data_wait"],
+        train_summary["skipped_steps"],
+    )
+    trainer.run_log.write("epoch", train_summary, step=trainer.iteration)
+    if (do_val or numbered) and precise_bn(trainer, epoch) == 0:
+        # Without precise BN every rank still holds the running statistics of its own last batches;
+        # validation and the checkpoint use rank 0's, as DDP's next forward would.
+        broadcast_buffers(trainer.bare_model)
+    val = None
+    is_best = False
+    if do_val:
+        val = validate(trainer, trainer.val_loader, epoch)
+        is_best = val["top1"] > trainer.best_top1
+        if is_best:
+            trainer.best_top1, trainer.best_epoch = val["top1"], done
+        log.info(
+            "val epoch %d: top1 %.2f%%  top5 %.2f%%  loss %.4f  (%d videos; best top1 %.2f%% at epoch %d)",
+            done, 100 * val["top1"], 100 * val["top5"], val["loss"], val["videos"], 100 * trainer.best_top1,
+            trainer.best_epoch,
+        )
+        trainer.run_log.write("val", val, step=trainer.iteration)
+    trainer.history.append({"train": train_summary, "val": val})
+    metrics = {"train": train_summary, "val": val, "best_top1": trainer.best_top1, "best_epoch": trainer.best_epoch}
+    save(trainer, numbered=numbered, is_best=is_best, metrics=metrics)
+
+
+def final_summary(trainer: Trainer) -> dict:
+    """What the run reached: epochs, iterations, best and last validation, checkpoint paths, skipped steps."""
+    last_val = next((h["val"] for h in reversed(trainer.history) if h["val"] is not None), None)
+    best = trainer.output_dir / ckpt.BEST_NAME
+    return {
+        "output_dir": str(trainer.output_dir),
+        "epochs": trainer.epoch,
+        "iteration": trainer.iteration,
+        "best_top1": trainer.best_top1 if trainer.best_epoch > 0 else None,
+        "best_epoch": trainer.best_epoch if trainer.best_epoch > 0 else None,
+        "last_val": last_val,
+        "best_checkpoint": str(best) if best.is_file() else None,
+        "latest_checkpoint": str(trainer.output_dir / ckpt.LATEST_NAME),
+        "nonfinite_steps": trainer.nonfinite_total,
+    }
