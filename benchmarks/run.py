@@ -26,7 +26,6 @@ scratch folder (``$TMPDIR/slowfast-benchmarks``) unless ``--save`` (``benchmarks
 from __future__ import annotations
 
 import argparse
-import contextlib
 import datetime
 import functools
 import logging
@@ -521,12 +520,10 @@ def stage_e2e(suite: Suite, roots: dict[str, Path], results: Results, bounds: di
                          num_classes=cfg.model.num_classes, model_args=suite.model_args)
 
         def consume(batch, step=step):
-            # as delivered: fp32 from PyAV, bf16 (GPU) from DALI; autocast casts where the variant asks
-            (slow, fast), labels = batch[0], batch[1]
-            memory = torch.channels_last_3d if variant.channels_last else torch.contiguous_format
-            step.inputs = [slow.to(device, non_blocking=True, memory_format=memory),
-                           fast.to(device, non_blocking=True, memory_format=memory)]
-            step.labels = labels.to(device, non_blocking=True) % cfg.model.num_classes
+            # as delivered (fp32 from PyAV, bf16 from DALI on the GPU): the engine's step moves, lays out and
+            # casts them as training does
+            step.inputs = list(batch[0])
+            step.labels = batch[1].to(device, non_blocking=True) % cfg.model.num_classes
             step()
 
         def reset_wait(loader=loader):
@@ -543,7 +540,8 @@ def stage_e2e(suite: Suite, roots: dict[str, Path], results: Results, bounds: di
 
 
 def stage_multicrop(suite: Suite, roots: dict[str, Path], results: Results) -> None:
-    from models import create_model
+    from engine.model import build_model
+    from engine.precision import precision_for, to_model_inputs
     from pipelines import build_loader
 
     device = _device()
@@ -553,10 +551,11 @@ def stage_multicrop(suite: Suite, roots: dict[str, Path], results: Results) -> N
         return
     video = dataset_format(suite.videos[name])
     placement = "gpu" if device.type == "cuda" else "cpu"
-    model = create_model(suite.model, num_classes=suite.num_classes, **suite.model_args)
-    model = model.to(device).to(memory_format=torch.channels_last_3d).eval()
-    autocast = (torch.autocast(device.type, dtype=torch.bfloat16) if device.type == "cuda"
-                else contextlib.nullcontext())
+    # the evaluator's model and precision, as test.py builds them
+    model_cfg = loader_config(suite, roots[name], "dali", placement)
+    model_cfg.model.args = dict(suite.model_args)
+    model = build_model(model_cfg, device).eval()
+    precision = precision_for(model_cfg, "test", device)
     group = f"{suite.model} {suite.num_clips}x{suite.num_crops} views {name}"
     variants = [("DALI decode per view", True), ("DALI decode once", False)]
     for i, (label, per_view) in enumerate(variants):
@@ -569,9 +568,8 @@ def stage_multicrop(suite: Suite, roots: dict[str, Path], results: Results) -> N
         loader = build_loader(cfg, "test", alpha=model.arch.alpha, decode_per_view=per_view)
 
         def forward(batch):
-            (slow, fast) = batch[0]
-            with torch.inference_mode(), autocast:
-                model([slow.to(device), fast.to(device)])
+            with torch.inference_mode(), precision.autocast():
+                model(to_model_inputs(batch[0], device, bool(model_cfg.model.channels_last), precision))
 
         m = measure_iterable(lambda: loader, lambda b: float(b[1].shape[0]), warmup=1, repeats=suite.repeats,
                              iters=max(2, suite.eval_videos // suite.repeats), unit="videos/s", device=device,

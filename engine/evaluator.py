@@ -40,8 +40,9 @@ from engine.meters import setup_logging, topk_correct
 from engine.model import build_model, check_data_fits_model, place_model
 from engine.precision import Precision, precision_for, to_model_inputs
 from pipelines import build_loader
-from pipelines.codecs import DALI_CPU_CODECS, DALI_GPU_CODECS
+from pipelines.codecs import why_not_decodable
 from pipelines.dataset import VideoRecord, read_class_names
+from pipelines.preflight import current_arch, preflight_run
 from pipelines.probe import ProbeError, probe_video
 from utils.atomic import write_text
 from utils.progress import Progress
@@ -372,23 +373,24 @@ def log_result(result: EvalResult) -> None:
 # Prediction on files given on the command line
 # --------------------------------------------------------------------------------------------------
 
-def backend_for(codec: str, cfg: Any, cuda: bool) -> tuple[str, str]:
-    """``(data.backend, data.device)`` that can decode ``codec`` here: the configured DALI where its decoder
-    reads the codec (NVDEC with a GPU, else DALI's CPU decoder: VP8/VP9/MJPEG), PyAV otherwise.
+def backend_for(record: VideoRecord, cfg: Any, arch: Optional[str]) -> tuple[str, str]:
+    """``(data.backend, data.device)`` that can decode ``record`` here: the configured DALI where its decoder
+    reads it (NVDEC on this GPU's generation, per :func:`pipelines.codecs.why_not_decodable`, else DALI's CPU
+    decoder: VP8/VP9/MJPEG), PyAV otherwise.
 
     Args:
-        codec: the probed codec name (``pipelines.prepare.probe_video``).
+        record: the probed file (codec, size, and profile / bit depth / chroma in ``extra``).
         cfg: resolved configuration (``data.backend``, ``data.device``).
-        cuda: whether a CUDA GPU is usable.
+        arch: this GPU's NVDEC generation (:func:`pipelines.preflight.current_arch`), None without a GPU.
     """
     if cfg.data.backend == "dali":
         try:
             import pipelines.dali_loader  # noqa: F401  (DALI importable)
         except ImportError:  # DALI missing: PyAV decodes everything
             return "pyav", cfg.data.device
-        if cuda and cfg.data.device == "gpu" and codec in DALI_GPU_CODECS:
+        if arch is not None and cfg.data.device == "gpu" and why_not_decodable(record, "gpu", arch) is None:
             return "dali", "gpu"
-        if codec in DALI_CPU_CODECS:
+        if why_not_decodable(record, "cpu") is None:
             return "dali", "cpu"
     return "pyav", cfg.data.device
 
@@ -422,7 +424,7 @@ def predict_files(model: torch.nn.Module, cfg: Any, paths: Sequence[str], *, dev
     """
     predictions = [Prediction(str(p)) for p in paths]
     groups: dict[tuple[str, str], list[tuple[int, VideoRecord]]] = {}
-    cuda = torch.cuda.is_available()
+    arch = current_arch(device.index) if device.type == "cuda" else None
     for slot, path in enumerate(paths):
         try:
             info = probe_video(path)
@@ -433,8 +435,9 @@ def predict_files(model: torch.nn.Module, cfg: Any, paths: Sequence[str], *, dev
             path=str(Path(path).resolve()), label=0, num_frames=int(info.get("num_frames") or 0),
             fps=float(info.get("fps") or 0.0), width=int(info.get("width") or 0),
             height=int(info.get("height") or 0), codec=str(info.get("codec") or ""),
-            duration=float(info.get("duration") or 0.0), keyframe_interval=info.get("keyframe_interval"))
-        groups.setdefault(backend_for(record.codec, cfg, cuda), []).append((slot, record))
+            duration=float(info.get("duration") or 0.0), keyframe_interval=info.get("keyframe_interval"),
+            extra={k: info.get(k) for k in ("profile", "pix_fmt", "bit_depth", "chroma")})
+        groups.setdefault(backend_for(record, cfg, arch), []).append((slot, record))
 
     num_views = int(cfg.test.num_clips) * int(cfg.test.num_crops)
     for (backend, data_device), members in sorted(groups.items()):
@@ -528,6 +531,8 @@ def run_test(cfg: Any, weights: str, *, videos: Optional[Sequence[str]] = None,
     try:
         output_dir = Path(output_dir or cfg.test.output_dir)
         setup_logging(info.is_primary, None if videos else output_dir, name="test")
+        if not videos:  # --video picks a decoder per file (backend_for)
+            preflight_run(cfg, info.device.index, decode_check=info.local_rank == 0)
         model = build_model(cfg, info.device, weights, arch_from_checkpoint=True).eval()
         check_data_fits_model(cfg, model)
         precision = precision_for(cfg, "test", info.device, explicit_keys)

@@ -44,6 +44,7 @@ from engine.precise_bn import update_bn_stats
 from engine.precision import Precision, precision_for, to_model_inputs
 from models.checkpoint_format import make_checkpoint
 from pipelines import build_loader
+from pipelines.preflight import preflight_run
 from utils.atomic import atomic_copy
 from utils.errors import UserError
 from utils.progress import Progress, format_duration
@@ -647,6 +648,7 @@ def run_training(
     setup_logging(dist_info.is_primary, output_dir, "train")
     trainer = None
     try:
+        preflight_run(cfg, dist_info.device.index, decode_check=dist_info.local_rank == 0)
         checkpoint = resume_source(resume_from, output_dir)
         trainer = build_trainer(cfg, dist_info, validate=validate, weights=None if checkpoint else weights,
                                 explicit_keys=explicit_keys, progress=progress)

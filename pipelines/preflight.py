@@ -161,6 +161,24 @@ def preflight_gpu_environment(device_id: Optional[int] = None, decode_check: boo
     return {"device": name, "capability": capability, "arch": gpu_arch(capability), "dali": dali.__version__}
 
 
+def preflight_run(cfg: Any, device_id: Optional[int] = None, decode_check: bool = True) -> Optional[dict[str, Any]]:
+    """The environment preflight of a train or test run, when it decodes on the GPU; None otherwise.
+
+    A run decodes on the GPU when ``data.backend == "dali"`` and ``data.device == "gpu"`` and torch sees CUDA
+    (without CUDA, building the loader says so and names the alternatives).
+
+    Args:
+        cfg: the resolved configuration.
+        device_id: this rank's CUDA device.
+        decode_check: also decode a small generated video (do it on one rank per node: a few seconds).
+    """
+    import torch
+
+    if str(cfg.data.backend) != "dali" or str(cfg.data.device) != "gpu" or not torch.cuda.is_available():
+        return None
+    return preflight_gpu_environment(device_id, decode_check=decode_check)
+
+
 def current_arch(device_id: Optional[int] = None) -> str:
     """The NVDEC generation of the current (or given) CUDA device; PreflightError without one."""
     import torch

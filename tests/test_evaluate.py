@@ -478,3 +478,26 @@ def test_progress_goes_to_stderr_and_no_progress_silences_it(dataset, tmp_path):
     quiet = _run_test_py("-w", str(dataset["checkpoint"]), "--output-dir", str(tmp_path / "b"), "--no-progress",
                          *overrides)
     assert quiet.returncode == 0 and "videos/s" not in quiet.stderr
+
+
+def test_video_prediction_picks_a_decoder_from_the_capability_table():
+    """--video: NVDEC where this GPU's generation decodes the file, DALI's CPU decoder for VP8/VP9/MJPEG,
+    PyAV for the rest (expectations from NVIDIA's NVDEC table: AV1 is not decoded on Hopper, VP9 needs 128x128)."""
+    pytest.importorskip("nvidia.dali")
+    from configs import load_config
+    from engine.evaluator import backend_for
+    from pipelines.dataset import VideoRecord
+
+    cfg = load_config(None, ["data.backend=dali", "data.device=gpu"])
+
+    def record(codec, width=340, height=256, **extra):
+        return VideoRecord("x", 0, num_frames=300, fps=30.0, width=width, height=height, codec=codec, extra=extra)
+
+    h264 = record("h264", profile="High", bit_depth=8, chroma="420")
+    assert backend_for(h264, cfg, "hopper") == ("dali", "gpu")
+    assert backend_for(h264, cfg, None) == ("pyav", "gpu")            # no GPU: DALI's CPU decoder cannot
+    assert backend_for(record("h264", profile="High 4:4:4 Predictive", chroma="444"), cfg, "hopper")[0] == "pyav"
+    assert backend_for(record("vp9", 96, 64), cfg, "hopper") == ("dali", "cpu")   # below NVDEC's 128x128
+    assert backend_for(record("vp9"), cfg, "hopper") == ("dali", "gpu")
+    assert backend_for(record("av1"), cfg, "hopper")[0] == "pyav"
+    assert backend_for(record("av1"), cfg, "ga10x") == ("dali", "gpu")
