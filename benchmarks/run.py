@@ -242,6 +242,7 @@ def loader_config(suite: Suite, root: Path, backend: str, device: str, *, batch:
         f"test.num_clips={suite.num_clips}", f"test.num_crops={suite.num_crops}",
         f"data.num_workers={available_cores()}",
         f"model.num_classes={suite.num_classes}",
+        "data.class_names=null",  # a classifier of suite.num_classes outputs over the synthetic labels
         "data.dtype=bf16",
     ]
     return load_config(None, overrides + list(extra))

@@ -112,11 +112,17 @@ def _unknown_key_error(dotted: str, valid: Iterable[str], source: str) -> Config
     return ConfigError(f"unknown config key {dotted!r} in {source}{hint} (all keys are listed in {DEFAULTS_FILE})")
 
 
-def _merge(base: dict, update: Mapping, source: str, prefix: str = "") -> None:
+def _merge(base: dict, update: Mapping, source: str, prefix: str = "", *, layer: int = 0,
+           set_at: dict | None = None, strict: bool = True) -> None:
+    """Merge ``update`` into ``base``; ``set_at[dotted key] = layer`` for every key set (see :func:`load_config`).
+
+    ``strict=False`` skips keys this version does not know (a configuration saved by another version)."""
     valid = _flat_keys(base)
     for key, value in update.items():
         dotted = f"{prefix}{key}"
         if key not in base:
+            if not strict:
+                continue
             raise _unknown_key_error(dotted, [prefix + k for k in valid], source)
         if dotted in FREE_KEYS:
             if value is not None and not isinstance(value, Mapping):
@@ -125,9 +131,12 @@ def _merge(base: dict, update: Mapping, source: str, prefix: str = "") -> None:
         elif isinstance(base[key], Mapping):
             if not isinstance(value, Mapping):
                 raise ConfigError(f"{dotted} in {source} is a section; give sub-keys, got {value!r}")
-            _merge(base[key], value, source, dotted + ".")
+            _merge(base[key], value, source, dotted + ".", layer=layer, set_at=set_at, strict=strict)
+            continue
         else:
             base[key] = value
+        if set_at is not None:
+            set_at[dotted] = layer
 
 
 def _yaml_problem(err: yaml.YAMLError) -> str:
@@ -199,25 +208,85 @@ def default_config() -> Config:
     return Config(_read_yaml(DEFAULTS_FILE))
 
 
-def load_config(path: str | os.PathLike | None = None, overrides: Iterable[str] = ()) -> Config:
-    """Defaults, then the recipe at ``path`` (its ``_base_`` chain first), then ``key=value`` overrides.
+def load_config(path: str | os.PathLike | None = None, overrides: Iterable[str] = (), *,
+                base: Mapping | None = None, base_source: str = "a saved configuration") -> Config:
+    """Defaults, then ``base``, then the recipe at ``path`` (its ``_base_`` chain first), then ``key=value``
+    overrides; then the defaults that follow from ``data.root`` (:func:`_derive_from_root`); then validation.
 
     Args:
-        path: a YAML recipe, or None for the defaults alone.
+        path: a YAML recipe, or None.
         overrides: ``key.sub=value`` strings, applied in order (values are YAML).
+        base: a resolved configuration to start from, e.g. the one a checkpoint carries (``test.py -w RUN/best.pt``
+            and ``train.py --resume`` without ``-c``); keys this version does not know are skipped.
+        base_source: how to name ``base`` in messages.
 
     Raises:
         ConfigError: an unreadable file, an unknown key, or a value the schema (``configs/schema.py``) rejects.
     """
     cfg = default_config().to_dict()
+    set_at: dict[str, int] = {}
+    layer = 0
+    if base is not None:
+        layer += 1
+        _merge(cfg, base, base_source, layer=layer, set_at=set_at, strict=False)
     if path is not None:
-        for layer_path, layer in _recipe_chain(Path(path)):
-            _merge(cfg, layer, str(layer_path))
+        for layer_path, recipe in _recipe_chain(Path(path)):
+            layer += 1
+            _merge(cfg, recipe, str(layer_path), layer=layer, set_at=set_at)
     for text in overrides:
         key, value = _parse_override(text)
-        _merge(cfg, _nest(key, value), f"override {text!r}")
+        layer += 1
+        _merge(cfg, _nest(key, value), f"override {text!r}", layer=layer, set_at=set_at)
+    _derive_from_root(cfg, set_at)
     validate(cfg)
     return Config(cfg)
+
+
+# what `data.root` implies for keys not set since: ROOT/train.list, ROOT/val.list, ROOT/classes.txt
+_ROOT_FILES = {"train_list": "train.list", "val_list": "val.list", "test_list": "val.list",
+               "class_names": "classes.txt"}
+
+
+def _derive_from_root(cfg: dict, set_at: Mapping[str, int]) -> None:
+    """Defaults that follow from ``data.root`` (the layout ``python -m pipelines.prepare --from-tree`` writes).
+
+    When a layer (the saved base, a recipe or an override) sets ``data.root``, each of ``data.train_list``,
+    ``data.val_list``, ``data.test_list`` and ``data.class_names`` that no layer at the same level or later sets
+    becomes ``ROOT/train.list``, ``ROOT/val.list``, ``ROOT/val.list`` and ``ROOT/classes.txt`` (the class file only
+    when it exists). So ``-c recipe.yaml -o data.root=MY_VIDEOS`` reads MY_VIDEOS' lists, not the recipe's.
+    ``model.num_classes`` then defaults to the number of names in the class file; a value set explicitly (by a
+    recipe, the saved base or an override) that differs from it is an error naming both.
+    """
+    root_layer = set_at.get("data.root")
+    if root_layer is None:
+        return
+    data = cfg["data"]
+    root = Path(str(data["root"]))
+    for key, name in _ROOT_FILES.items():
+        if set_at.get(f"data.{key}", -1) >= root_layer:
+            continue
+        candidate = root / name
+        if key == "class_names" and not candidate.is_file():
+            data[key] = None  # names class_0 .. class_{n-1}; an earlier layer's file belongs to another root
+            continue
+        data[key] = str(candidate)
+    class_file = data.get("class_names")
+    if not class_file or not Path(str(class_file)).is_file():
+        return
+    try:
+        names = [line.strip() for line in Path(str(class_file)).read_text(encoding="utf-8-sig").splitlines()
+                 if line.strip()]
+    except (OSError, UnicodeDecodeError):
+        return  # the loader's reading of the class file reports it
+    if not names:
+        return
+    if "model.num_classes" not in set_at:
+        cfg["model"]["num_classes"] = len(names)
+    elif cfg["model"]["num_classes"] != len(names):
+        raise ConfigError(
+            f"model.num_classes={cfg['model']['num_classes']!r} but {str(class_file)!r} (data.class_names) lists "
+            f"{len(names)} classes; drop model.num_classes to take the class file's count, or set "
+            f"-o model.num_classes={len(names)}")
 
 
 def _recipe_chain(path: Path, seen: tuple = ()) -> list[tuple[Path, dict]]:

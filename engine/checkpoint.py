@@ -181,6 +181,25 @@ def read_model_spec(path: str | os.PathLike) -> Optional[tuple[str, dict]]:
     return model_spec(state)
 
 
+def saved_config(path: str | os.PathLike) -> Optional[dict]:
+    """The resolved configuration one of this project's checkpoints carries (its ``config``), else None.
+
+    ``test.py -w RUN/best.pt`` and ``train.py --resume`` start from it when no ``-c`` is given
+    (``configs.load_config(base=...)``); other formats carry none.
+    """
+    path = Path(path)
+    if not path.is_file() or not zipfile.is_zipfile(path):
+        return None
+    try:
+        state = torch.load(path, map_location="cpu", mmap=True, weights_only=True)
+    except Exception:  # not a torch file this can read: load_weights / load_checkpoint say what it is
+        return None
+    if model_spec(state) is None:
+        return None
+    config = state.get("config")
+    return dict(config) if isinstance(config, dict) else None
+
+
 def find_latest(output_dir: str | os.PathLike) -> Path | None:
     """The checkpoint to resume ``output_dir`` from: ``latest.pt``, else the newest epoch file, else None."""
     directory = Path(output_dir)

@@ -177,3 +177,18 @@ def test_a_future_format_is_refused_by_both_readers(tmp_path):
     with pytest.raises(models.WeightsError, match=r"'slowfast-dali/2'; this version reads 'slowfast-dali/1'"):
         models.load_weights(model, tmp_path / "future.pt")
     assert ckpt.read_model_spec(tmp_path / "future.pt") is None
+
+
+def test_saved_config_of_a_checkpoint_and_none_for_other_files(tmp_path):
+    from engine.checkpoint import saved_config
+    from models.checkpoint_format import CHECKPOINT_FORMAT
+
+    state = {"format": CHECKPOINT_FORMAT, "model": {"w": torch.zeros(1)}, "model_name": "slowfast_tiny",
+             "model_args": {"alpha": 4}, "config": {"train": {"epochs": 3}, "model": {"name": "slowfast_tiny"}}}
+    torch.save(state, tmp_path / "best.pt")
+    assert saved_config(tmp_path / "best.pt") == {"train": {"epochs": 3}, "model": {"name": "slowfast_tiny"}}
+    torch.save({"w": torch.zeros(1)}, tmp_path / "bare.pt")  # a bare state dict carries no configuration
+    assert saved_config(tmp_path / "bare.pt") is None
+    (tmp_path / "x.pdparams").write_bytes(b"\x80\x04N.")
+    assert saved_config(tmp_path / "x.pdparams") is None
+    assert saved_config(tmp_path / "missing.pt") is None

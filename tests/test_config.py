@@ -247,3 +247,53 @@ def test_8x8_recipe_states_only_what_differs():
     raw = yaml.safe_load((CONFIG_DIR / "recognition/slowfast/slowfast_8x8.yaml").read_text())
     assert raw == {"_base_": "slowfast.yaml", "model": {"name": "slowfast_r50_8x8"},
                    "train": {"output_dir": "output/SlowFast_8x8"}, "test": {"output_dir": "output/SlowFast_8x8/test"}}
+
+
+# ------------------------------------------------------------------------------ data.root and saved configs
+
+def _prepared_root(tmp_path, classes=("a", "b", "c")):
+    root = tmp_path / "my_videos"
+    root.mkdir()
+    (root / "classes.txt").write_text("".join(f"{c}\n" for c in classes))
+    return root
+
+
+def test_data_root_alone_gives_the_lists_class_names_and_class_count(tmp_path):
+    root = _prepared_root(tmp_path)
+    recipe = CONFIG_DIR / "recognition" / "slowfast" / "slowfast.yaml"
+    # the recipe sets its own lists and 400 classes: the lists follow the new root, the explicit 400 is refused
+    with pytest.raises(ConfigError, match=r"model.num_classes=400 .*lists 3 classes.*-o model.num_classes=3"):
+        load_config(recipe, [f"data.root={root}"])
+    cfg = load_config(recipe, [f"data.root={root}", "model.num_classes=3"])
+    assert cfg.data.train_list == str(root / "train.list")
+    assert cfg.data.val_list == str(root / "val.list")
+    assert cfg.data.test_list == str(root / "val.list")
+    assert cfg.data.class_names == str(root / "classes.txt")
+    cfg = load_config(None, [f"data.root={root}"])  # no recipe: the count comes from classes.txt
+    assert cfg.model.num_classes == 3
+
+
+def test_lists_set_with_or_after_the_root_are_kept(tmp_path):
+    root = _prepared_root(tmp_path)
+    cfg = load_config(None, [f"data.root={root}", "data.train_list=elsewhere/train.txt", "data.class_names=null"])
+    assert cfg.data.train_list == "elsewhere/train.txt"
+    assert cfg.data.val_list == str(root / "val.list")
+    assert cfg.data.class_names is None
+    assert cfg.model.num_classes == 400  # the default: no class file to count
+
+
+def test_a_root_without_classes_txt_drops_an_earlier_class_file(tmp_path):
+    root = tmp_path / "bare"
+    root.mkdir()
+    recipe = CONFIG_DIR / "recognition" / "slowfast" / "slowfast.yaml"
+    cfg = load_config(recipe, [f"data.root={root}"])
+    assert cfg.data.class_names is None and cfg.model.num_classes == 400
+
+
+def test_a_saved_configuration_is_the_base_and_overrides_still_apply(tmp_path):
+    saved = load_config(CONFIG_DIR / "demo.yaml").to_dict()
+    saved["train"]["epochs"] = 3
+    saved["train"]["removed_in_this_version"] = 1  # a key of another version is skipped
+    cfg = load_config(None, ["test.num_clips=1"], base=saved)
+    assert cfg.model.name == "slowfast_tiny" and cfg.train.epochs == 3 and cfg.test.num_clips == 1
+    assert "removed_in_this_version" not in cfg.train
