@@ -41,10 +41,33 @@ loader. The slot of such a video is filled by :meth:`VideoLoader.resolve`:
 ``loader.epoch_failures`` lists the failed videos the current (or last) epoch met, so per-epoch reports and
 anything that would stop a run on failures count per epoch; ``failures`` accumulates over the loader's life.
 When every video of the list is bad, iteration stops with :class:`NoDecodableVideo` (a ``UserError``).
+
+A path that is not a regular file (a FIFO, a directory, a device) is such a failure, with the reason "not a
+regular file": it is checked with ``os.stat`` (:func:`regular_file_error`) before anything opens it, because
+opening a FIFO for reading blocks until some other process writes to it.
+
+``loader.records`` holds every entry of the list (:func:`pipelines.dataset.load_records`: the list is the
+truth, the index only a cache), so a test run's coverage counts against the whole list, and a video that
+preparation left out as unusable is reported as a failure with the probe's reason.
+
+Frame numbers (one rule for every backend): frame ``i`` of a video is the ``i``-th frame its decoder outputs
+(presentation order, which is decode order for streams without reordered frames), counted from the stream's
+first frame. Timestamps never pick frames: on a variable-frame-rate video, frame 10 is the eleventh frame
+whatever its timestamp, as DALI's decoder numbers them; :mod:`pipelines.sampling` plans in these numbers, and
+``fps`` (the stream's average rate) only scales a clip's span.
+
+Rotation metadata (phone videos: a display matrix, or an old ``rotate`` tag): every backend delivers the
+frames as stored, NOT rotated for display, and warns once per file per loader (:meth:`VideoLoader.note_rotation`,
+detected by :func:`display_rotation`). Honouring it would swap width and height for 90/270 degrees, which
+the clip planning (crops drawn from the record's width and height) and DALI's graph (one resize per sample,
+no per-sample rotation) do not model; re-encode such videos upright (``ffmpeg -i in.mp4 out.mp4`` applies
+the rotation) if their orientation matters.
 """
 from __future__ import annotations
 
 import logging
+import os
+import stat
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -136,6 +159,61 @@ def replacement_order(num_videos: int, seed: int, epoch: int, video_index: int) 
     return order[order != int(video_index)]
 
 
+def regular_file_error(path: str | os.PathLike) -> Optional[str]:
+    """Why ``path`` cannot be a video file, from ``os.stat`` alone (nothing is opened), or None if it is a
+    regular file. A FIFO must never be opened: reading one blocks until another process writes to it."""
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        return f"{str(path)!r} does not exist"
+    except OSError as err:
+        return f"{str(path)!r} cannot be read: {err.strerror or err}"
+    if stat.S_ISREG(mode):
+        return None
+    kind = ("a FIFO (named pipe)" if stat.S_ISFIFO(mode) else "a directory" if stat.S_ISDIR(mode)
+            else "a device" if stat.S_ISCHR(mode) or stat.S_ISBLK(mode) else "a socket" if stat.S_ISSOCK(mode)
+            else "a special file")
+    return f"{str(path)!r} is not a regular file (it is {kind}); list video files only"
+
+
+def display_rotation(stream: Any, frame: Any = None) -> int:
+    """The rotation, in degrees counter-clockwise (0, 90, 180, 270), that a player applies to a PyAV stream.
+
+    Read from the decoded ``frame``'s DISPLAYMATRIX side data (FFmpeg attaches the container's display
+    matrix to every frame; PyAV's ``VideoFrame.rotation``) and from the stream's ``rotate`` tag (written by
+    older muxers; it counts clockwise).
+
+    Args:
+        stream: a PyAV video stream.
+        frame: a decoded frame of it, if one is at hand.
+    """
+    degrees = 0.0
+    if frame is not None:
+        degrees = float(getattr(frame, "rotation", 0) or 0)
+    if not round(degrees) % 360:
+        tags = {str(k).lower(): v for k, v in dict(stream.metadata or {}).items()}
+        try:
+            degrees = -float(tags.get("rotate", 0) or 0)
+        except (TypeError, ValueError):
+            degrees = 0.0
+    return int(round(degrees)) % 360
+
+
+def video_rotation(source: Any) -> int:
+    """:func:`display_rotation` of a video file (a path or a binary file object); 0 if PyAV cannot read it
+    (whether it decodes is the loader's business, not this check's)."""
+    import av
+
+    try:
+        with av.open(source if hasattr(source, "read") else str(source)) as container:
+            if not container.streams.video:
+                return 0
+            stream = container.streams.video[0]
+            return display_rotation(stream, next(iter(container.decode(stream)), None))
+    except (av.FFmpegError, OSError, UnicodeDecodeError, ValueError):
+        return 0
+
+
 def _has_geometry(record: VideoRecord, need_codec: bool) -> bool:
     return record.num_frames > 0 and record.width > 0 and record.height > 0 and (record.codec or not need_codec)
 
@@ -166,6 +244,9 @@ def probe_geometry(records: Sequence[VideoRecord], root: Path, *, need_codec: bo
              "writes the index and saves this step", len(missing))
 
     def probe(index: int) -> tuple[int, Optional[dict], Optional[str]]:
+        not_regular = regular_file_error(root / records[index].path)
+        if not_regular:
+            return index, None, not_regular
         try:
             return index, probe_video(root / records[index].path), None
         except ProbeError as err:
@@ -232,6 +313,8 @@ class VideoLoader:
         self.crop = {"train": settings.train_crop, "val": settings.val_crop, "test": settings.test_crop}[split]
         self.slow_positions = sampling.slow_indices(settings.num_frames, self.alpha)
         self.failures: list[dict[str, Any]] = []
+        self.rotated: dict[int, int] = {}  # record index -> degrees, for videos delivered unrotated
+        self._rotation_checked: set[int] = set()
         self._bad: dict[int, str] = {}
         self._met: dict[int, None] = {}   # failed videos met this epoch, in order
         self.records, unprobed = probe_geometry(records, self.root, need_codec=self.needs_codec,
@@ -370,6 +453,23 @@ class VideoLoader:
         """Count known-bad videos that this epoch's slots ran into (for ``epoch_failures``)."""
         for index in record_indices:
             self._met.setdefault(int(index))
+
+    def rotation_checked(self, record_index: int) -> bool:
+        """Whether :meth:`note_rotation` has seen this video (a backend checks each file once)."""
+        return int(record_index) in self._rotation_checked
+
+    def note_rotation(self, record_index: int, degrees: int) -> None:
+        """Record a video's display rotation; a non-zero one is warned about once per file and loader (frames
+        are delivered as stored, see the module docstring) and kept in ``rotated``."""
+        record_index = int(record_index)
+        self._rotation_checked.add(record_index)
+        degrees = int(degrees) % 360
+        if not degrees or record_index in self.rotated:
+            return
+        self.rotated[record_index] = degrees
+        log.warning("video %s (index %d) carries rotation metadata (%d degrees): its frames are used as stored, "
+                    "not rotated for display; re-encode it upright (`ffmpeg -i IN OUT` applies the rotation) "
+                    "if its orientation matters", self.path(record_index), record_index, degrees)
 
     def is_bad(self, record_index: int) -> bool:
         return int(record_index) in self._bad

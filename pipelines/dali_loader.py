@@ -19,7 +19,8 @@ Why a threaded (not ``parallel=True``) external source: the callback only reads 
 the GIL; worker processes would add a copy of every encoded file through shared memory and a fork of
 the training process, for no gain. The expensive part, decoding, already runs concurrently inside DALI.
 
-Faults: an unreadable file is caught when its bytes are read; a file DALI cannot decode makes the whole
+Faults: an unreadable file is caught when its bytes are read (a path that is not a regular file, such as a
+FIFO, before it is opened); a file DALI cannot decode makes the whole
 batch fail, so the batch's videos are then decoded one by one in a fresh pipeline to find the bad ones, and
 the pipeline restarts at that batch, where ``resolve`` now replaces them. DALI decodes from memory, so its
 error never names the file, and a corrupt file and a decoder that cannot run (no libnvcuvid, an unsupported
@@ -32,6 +33,7 @@ videos in a row within an epoch. The run then stops with that one error instead 
 from __future__ import annotations
 
 import collections
+import io
 import logging
 import re
 from concurrent.futures import ThreadPoolExecutor
@@ -52,7 +54,7 @@ except ImportError as err:  # pipelines.build_loader turns this into BackendUnav
                       f"(nvidia-dali-cuda130 on CUDA 13), or use -o data.backend=pyav") from err
 
 from pipelines import BackendUnavailable
-from pipelines.base import SPLITS, ClipPlan, LoaderSettings, VideoLoader
+from pipelines.base import SPLITS, ClipPlan, LoaderSettings, VideoLoader, regular_file_error, video_rotation
 from pipelines.codecs import DALI_CPU_CODECS, DALI_GPU_CODECS, dali_reads
 from pipelines.dataset import DatasetError, VideoRecord, load_records
 from pipelines.probe import ProbeError, probe_video
@@ -214,16 +216,26 @@ class DaliVideoLoader(VideoLoader):
 
     # ---------------------------------------------------------------- feeding DALI
     def _read(self, record_index: int) -> np.ndarray:
-        encoded = np.fromfile(self.path(record_index), dtype=np.uint8)
+        path = self.path(record_index)
+        not_regular = regular_file_error(path)  # before opening: reading a FIFO would block
+        if not_regular:
+            raise OSError(not_regular)
+        encoded = np.fromfile(path, dtype=np.uint8)
         if encoded.size == 0:
             raise OSError("the file is empty")
         return encoded
 
-    def _read_or_error(self, record_index: int) -> tuple[Optional[np.ndarray], Optional[str]]:
+    def _read_or_error(self, record_index: int) -> tuple[Optional[np.ndarray], Optional[str], Optional[int]]:
+        """``(bytes, error, rotation)``; the display rotation is looked for once per file (None after that)."""
         try:
-            return self._read(record_index), None
+            encoded = self._read(record_index)
         except OSError as err:
-            return None, str(err)
+            return None, str(err), None
+        if self.rotation_checked(record_index):
+            return encoded, None, None
+        # NOTE: DALI's decoder exposes no container metadata, so PyAV opens the bytes already in memory and
+        # decodes one frame, once per file and loader
+        return encoded, None, video_rotation(io.BytesIO(encoded.tobytes()))
 
     def _prepare(self, planned: list[ClipPlan]) -> list[_Sample]:
         """A planned batch resolved (known-bad videos replaced or left out) with its bytes read."""
@@ -232,11 +244,14 @@ class DaliVideoLoader(VideoLoader):
             plans = [plan for plan in (self.resolve(p, met=met) for p in planned) if plan is not None]
             self.note_met(met)
             results = list(self._readers.map(self._read_or_error, [p.record_index for p in plans]))
-            unreadable = [(p, error) for p, (_, error) in zip(plans, results) if error is not None]
+            for plan, (_, _, rotation) in zip(plans, results):
+                if rotation is not None:
+                    self.note_rotation(plan.record_index, rotation)
+            unreadable = [(p, error) for p, (_, error, _) in zip(plans, results) if error is not None]
             for plan, error in unreadable:
                 self.mark_bad(plan.record_index, f"cannot read: {error}")
             if not unreadable:  # else resolve again: the unreadable ones are now known bad
-                return [_Sample(plan, encoded) for plan, (encoded, _) in zip(plans, results)]
+                return [_Sample(plan, encoded) for plan, (encoded, _, _) in zip(plans, results)]
 
     def _dali_inputs(self, samples: list[_Sample]) -> tuple:
         """Per-sample lists in the order of dali_pipelines.CLIP_INPUTS / VIDEO_INPUTS."""

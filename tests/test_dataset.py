@@ -20,6 +20,8 @@ def test_read_list_parses_paths_with_spaces_comments_and_blank_lines(tmp_path):
     ("a.mp4\n", "expected 'path label'"),
     ("a.mp4 -1\n", "label -1 is negative"),
     ("a.mp4 0\nb.mp4 1\na.mp4 2\n", "duplicate entry 'a.mp4' \\(first on line 1\\)"),
+    ("a.mp4 0\nb.mp4 1\n./a.mp4 2\n", "duplicate entry './a.mp4' \\(first on line 1 as 'a.mp4'\\)"),
+    ("x/../a.mp4 0\na.mp4 1\n", "duplicate entry 'a.mp4' \\(first on line 1 as 'x/../a.mp4'\\)"),
     ("# only a comment\n", "holds no entries"),
 ])
 def test_read_list_rejects_bad_lines(tmp_path, text, match):
@@ -46,16 +48,18 @@ def test_index_round_trip_keeps_extra_fields(tmp_path):
     assert not list(tmp_path.glob(".*tmp"))  # the temporary file was renamed
 
 
-def test_load_records_prefers_a_fresh_index(tmp_path):
+def test_load_records_takes_geometry_from_the_index_for_matching_entries(tmp_path):
     lst = tmp_path / "val.list"
     lst.write_text("a.webm 0\nb.webm 1\n")
     assert [r.num_frames for r in load_records(lst, tmp_path)] == [0, 0]
-    write_index([VideoRecord("a.webm", 0, 64, 30.0, 128, 96, "vp9")], index_path_for(lst))
-    assert [(r.path, r.num_frames) for r in load_records(lst, tmp_path)] == [("a.webm", 64)]
-    # a list edited after probing wins over its stale index
+    write_index([VideoRecord("a.webm", 0, 64, 30.0, 128, 96, "vp9"), VideoRecord("b.webm", 1, 32, 25.0, 64, 48, "vp8")],
+                index_path_for(lst))
+    assert [(r.path, r.label, r.num_frames, r.codec) for r in load_records(lst, tmp_path)] == [
+        ("a.webm", 0, 64, "vp9"), ("b.webm", 1, 32, "vp8")]
+    # the comparison is by content: a list touched after its index (same content) keeps the geometry
     later = index_path_for(lst).stat().st_mtime + 10
     os.utime(lst, (later, later))
-    assert len(load_records(lst, tmp_path)) == 2
+    assert [r.num_frames for r in load_records(lst, tmp_path)] == [64, 32]
 
 
 def test_load_records_bad_root_and_label_range(tmp_path):
