@@ -233,9 +233,9 @@ def load_config(path: str | os.PathLike | None = None, overrides: Iterable[str] 
         for layer_path, recipe in _recipe_chain(Path(path)):
             layer += 1
             _merge(cfg, recipe, str(layer_path), layer=layer, set_at=set_at)
+    layer += 1  # the command line's overrides are one layer: their order among themselves does not matter here
     for text in overrides:
         key, value = _parse_override(text)
-        layer += 1
         _merge(cfg, _nest(key, value), f"override {text!r}", layer=layer, set_at=set_at)
     _derive_from_root(cfg, set_at)
     validate(cfg)
@@ -250,7 +250,7 @@ _ROOT_FILES = {"train_list": "train.list", "val_list": "val.list", "test_list": 
 def _derive_from_root(cfg: dict, set_at: Mapping[str, int]) -> None:
     """Defaults that follow from ``data.root`` (the layout ``python -m pipelines.prepare --from-tree`` writes).
 
-    When a layer (the saved base, a recipe or an override) sets ``data.root``, each of ``data.train_list``,
+    When a layer (the saved base, a recipe file, or the command line's overrides together) sets ``data.root``, each of ``data.train_list``,
     ``data.val_list``, ``data.test_list`` and ``data.class_names`` that no layer at the same level or later sets
     becomes ``ROOT/train.list``, ``ROOT/val.list``, ``ROOT/val.list`` and ``ROOT/classes.txt`` (the class file only
     when it exists). So ``-c recipe.yaml -o data.root=MY_VIDEOS`` reads MY_VIDEOS' lists, not the recipe's.

@@ -297,3 +297,9 @@ def test_a_saved_configuration_is_the_base_and_overrides_still_apply(tmp_path):
     cfg = load_config(None, ["test.num_clips=1"], base=saved)
     assert cfg.model.name == "slowfast_tiny" and cfg.train.epochs == 3 and cfg.test.num_clips == 1
     assert "removed_in_this_version" not in cfg.train
+
+
+def test_overrides_are_one_layer_whatever_their_order(tmp_path):
+    root = _prepared_root(tmp_path)
+    cfg = load_config(None, ["data.train_list=mine.list", f"data.root={root}"])
+    assert cfg.data.train_list == "mine.list" and cfg.data.val_list == str(root / "val.list")
