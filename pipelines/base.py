@@ -67,7 +67,6 @@ from __future__ import annotations
 
 import logging
 import os
-import stat
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -78,7 +77,7 @@ import torch
 
 from pipelines import SPLITS, sampling
 from pipelines.dataset import DatasetError, VideoRecord
-from pipelines.probe import ProbeError, probe_video
+from pipelines.probe import ProbeError, probe_video, regular_file_error
 from utils.cpus import worker_count
 from utils.errors import UserError
 
@@ -157,23 +156,6 @@ def replacement_order(num_videos: int, seed: int, epoch: int, video_index: int) 
     rng = np.random.default_rng([int(seed), int(epoch), int(video_index), _REPLACEMENT_STREAM])
     order = rng.permutation(int(num_videos))
     return order[order != int(video_index)]
-
-
-def regular_file_error(path: str | os.PathLike) -> Optional[str]:
-    """Why ``path`` cannot be a video file, from ``os.stat`` alone (nothing is opened), or None if it is a
-    regular file. A FIFO must never be opened: reading one blocks until another process writes to it."""
-    try:
-        mode = os.stat(path).st_mode
-    except FileNotFoundError:
-        return f"{str(path)!r} does not exist"
-    except OSError as err:
-        return f"{str(path)!r} cannot be read: {err.strerror or err}"
-    if stat.S_ISREG(mode):
-        return None
-    kind = ("a FIFO (named pipe)" if stat.S_ISFIFO(mode) else "a directory" if stat.S_ISDIR(mode)
-            else "a device" if stat.S_ISCHR(mode) or stat.S_ISBLK(mode) else "a socket" if stat.S_ISSOCK(mode)
-            else "a special file")
-    return f"{str(path)!r} is not a regular file (it is {kind}); list video files only"
 
 
 def display_rotation(stream: Any, frame: Any = None) -> int:

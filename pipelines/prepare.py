@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Optional, Sequence
 
 from pipelines.probe import ProbeError, _rate_of, probe_video
-from pipelines.dataset import DatasetError, VideoRecord, index_path_for, read_list, write_index
+from pipelines.dataset import DatasetError, VideoRecord, bad_report_path_for, index_path_for, read_list, write_index
 from pipelines.codecs import WRITERS, codec_suffix
 from pipelines.video_io import write_video
 from utils.atomic import atomic_copy, atomic_open, write_text
@@ -121,11 +121,6 @@ def _write_text(text: str, path: Path) -> None:
     write_text(path, text)
 
 
-def bad_report_path(list_path: str | os.PathLike) -> Path:
-    """Where the unusable files of a list are reported: ``train.list`` -> ``train.list.bad.jsonl``."""
-    return Path(str(list_path) + ".bad.jsonl")
-
-
 def index_list(list_path: str | os.PathLike, root: str | os.PathLike, num_classes: Optional[int] = None,
                workers: Optional[int] = None, progress: bool = True) -> tuple[list[VideoRecord], list[dict]]:
     """Probe every video of a list and write its index (``<list>.index.jsonl``) and bad-file report.
@@ -146,7 +141,7 @@ def index_list(list_path: str | os.PathLike, root: str | os.PathLike, num_classe
     entries = read_list(list_path)
     check_labels(entries, list_path, num_classes)
     records, bad = probe_entries(entries, root, workers, progress)
-    report = bad_report_path(list_path)
+    report = bad_report_path_for(list_path)
     if bad:
         _write_jsonl(bad, report)
     elif report.exists():
@@ -375,7 +370,7 @@ def transcode_lists(list_paths: Sequence[Path], root: Path, out_root: Path, shor
         failed = [{"path": src, "label": label, "reason": failures[rel]}
                   for rel, label, src in entries if rel in failures]
         if failed:
-            _write_jsonl(failed, bad_report_path(new_list).with_suffix(".transcode.jsonl"))
+            _write_jsonl(failed, bad_report_path_for(new_list).with_suffix(".transcode.jsonl"))
         new_lists.append(new_list)
         classes = Path(list_path).parent / CLASS_NAMES_FILE
         if classes.is_file() and not (out_root / CLASS_NAMES_FILE).exists():
@@ -415,7 +410,7 @@ def _parser() -> argparse.ArgumentParser:
 def _summary(list_path: Path, records: list, bad: list) -> str:
     text = f"{list_path}: {len(records)} videos indexed -> {index_path_for(list_path)}"
     if bad:
-        text += f"; {len(bad)} unusable, left out (reasons in {bad_report_path(list_path)})"
+        text += f"; {len(bad)} unusable, left out (reasons in {bad_report_path_for(list_path)})"
     return text
 
 
@@ -456,7 +451,7 @@ def run(args: argparse.Namespace) -> int:
             records, bad = index_list(new_list, out_root, args.num_classes, args.workers, not args.quiet)
             total_bad += len(bad)
             print(_summary(new_list, records, bad))
-            failed = bad_report_path(new_list).with_suffix(".transcode.jsonl")
+            failed = bad_report_path_for(new_list).with_suffix(".transcode.jsonl")
             if failed.exists():
                 print(f"{new_list}: some videos failed to transcode (reasons in {failed})")
     if total_bad:

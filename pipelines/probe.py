@@ -6,6 +6,7 @@ run time for videos the index does not describe (an unindexed list, ``test.py --
 from __future__ import annotations
 
 import os
+import stat
 from fractions import Fraction
 from typing import Any, Optional
 
@@ -14,6 +15,23 @@ from pipelines.codecs import canonical_codec
 
 class ProbeError(RuntimeError):
     """A file that is not a usable video; the message names the file and the reason."""
+
+
+def regular_file_error(path: str | os.PathLike) -> Optional[str]:
+    """Why ``path`` cannot be a video file, from ``os.stat`` alone (nothing is opened), or None if it is a
+    regular file. A FIFO must never be opened: reading one blocks until another process writes to it."""
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        return f"{str(path)!r} does not exist"
+    except OSError as err:
+        return f"{str(path)!r} cannot be read: {err.strerror or err}"
+    if stat.S_ISREG(mode):
+        return None
+    kind = ("a FIFO (named pipe)" if stat.S_ISFIFO(mode) else "a directory" if stat.S_ISDIR(mode)
+            else "a device" if stat.S_ISCHR(mode) or stat.S_ISBLK(mode) else "a socket" if stat.S_ISSOCK(mode)
+            else "a special file")
+    return f"{str(path)!r} is not a regular file (it is {kind}); list video files only"
 
 
 def _rate_of(stream: Any) -> Optional[Fraction]:
@@ -70,8 +88,9 @@ def probe_video(path: str | os.PathLike) -> dict[str, Any]:
     import av
 
     path = str(path)
-    if not os.path.isfile(path):
-        raise ProbeError(f"{path!r} does not exist")
+    not_regular = regular_file_error(path)  # before opening: reading a FIFO would block
+    if not_regular:
+        raise ProbeError(not_regular)
     if os.path.getsize(path) == 0:
         raise ProbeError(f"{path!r} is empty (0 bytes)")
     try:

@@ -24,7 +24,8 @@ from configs import load_config
 from pipelines import build_loader, sampling
 from pipelines.base import display_rotation
 from pipelines.dataset import DatasetError, VideoRecord, index_path_for, load_records, read_list
-from pipelines.prepare import bad_report_path, index_list
+from pipelines.dataset import bad_report_path_for as bad_report_path
+from pipelines.prepare import index_list
 from pipelines.pyav_loader import DecodeError, decode_frames
 from pipelines.video_io import frame_number, numbered_frames, write_video
 

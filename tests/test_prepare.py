@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from fractions import Fraction
@@ -11,7 +12,8 @@ import numpy as np
 import pytest
 
 from pipelines.dataset import index_path_for, read_index
-from pipelines.prepare import bad_report_path, index_list, lists_from_tree
+from pipelines.dataset import bad_report_path_for as bad_report_path
+from pipelines.prepare import index_list, lists_from_tree
 from pipelines.probe import ProbeError, probe_video
 from pipelines.pyav_loader import decode_frames
 from pipelines.video_io import frame_number, numbered_frames, write_video
@@ -236,3 +238,13 @@ def test_transcoded_vp9_is_readable_by_dalis_cpu_decoder(tmp_path, numbered_vide
     reference = decode_frames(dst, range(40)).astype(np.int16)
     assert np.abs(frames.astype(np.int16) - reference).max() <= 4
     assert all(abs(frame_number(f) - i) <= 1 for i, f in enumerate(frames))
+
+
+def test_probing_a_fifo_says_it_is_not_a_regular_file_and_does_not_block(tmp_path):
+    """A FIFO in a list must be reported, never opened (reading one blocks until someone writes)."""
+    fifo = tmp_path / "pipe.mp4"
+    os.mkfifo(fifo)
+    with pytest.raises(ProbeError, match=r"pipe.mp4' is not a regular file \(it is a FIFO"):
+        probe_video(fifo)
+    with pytest.raises(ProbeError, match="does not exist"):
+        probe_video(tmp_path / "absent.mp4")
