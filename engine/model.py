@@ -57,7 +57,8 @@ def build_model(cfg: Any, device: torch.device, weights: Optional[str | os.PathL
 
     Raises:
         ConfigError: an unknown ``model.name`` or architecture field.
-        WeightsError: a missing or unreadable file, or weights that do not fit.
+        WeightsError: a missing or unreadable file, weights that do not fit, or weights holding NaN or Inf
+            (:func:`check_finite_weights`).
     """
     spec = None
     if weights is not None:
@@ -83,10 +84,28 @@ def build_model(cfg: Any, device: torch.device, weights: Optional[str | os.PathL
         # reinit_head only acts when the file's classifier has another class count (fine-tuning).
         report = models.load_weights(model, str(weights), strict=True, reinit_head=not arch_from_checkpoint)
         log.info("weights: %s", report.summary())
+        check_finite_weights(model, weights)
         if report.reinitialized:
             log.info("weights: the classifier (%s) was re-initialised for model.num_classes=%d (fine-tuning)",
                      ", ".join(report.reinitialized), cfg.model.num_classes)
     return place_model(model, device, bool(cfg.model.channels_last))
+
+
+def check_finite_weights(model: nn.Module, weights: str | os.PathLike) -> None:
+    """Refuse weights holding NaN or Inf (a checkpoint of a run that diverged): every output would be NaN.
+
+    Checked once after loading, before any data is read; a re-initialised classifier is finite by construction.
+
+    Raises:
+        WeightsError: naming the file, how many tensors are affected, the first one, and the fix.
+    """
+    bad = [name for name, tensor in model.state_dict().items()
+           if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all())]
+    if bad:
+        raise models.WeightsError(
+            f"weights file {str(weights)!r} holds NaN or Inf in {len(bad)} tensor(s) (first: {bad[0]!r}): the run "
+            f"that saved it diverged; use a checkpoint saved before that (an earlier <run>_epoch_*.pt, or best.pt) "
+            f"or retrain")
 
 
 def check_data_fits_model(cfg: Any, model: nn.Module) -> None:

@@ -7,9 +7,13 @@ view, and the per-view softmax summed by hand.
 """
 from __future__ import annotations
 
+import csv
 import json
+import logging
 import os
+import re
 import subprocess
+import time
 import sys
 from dataclasses import asdict
 from pathlib import Path
@@ -46,6 +50,7 @@ SMALL = [
     "train.precision=fp32",
 ]
 NUM_VIEWS = 6
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 # linspace(0, 7, 8 // 4) truncated: the slow pathway's frames within an 8-frame fast clip, alpha 4
 SLOW_POSITIONS = [0, 7]
 
@@ -342,7 +347,9 @@ def test_list_evaluation_reports_a_corrupt_video_and_writes_outputs(dataset, tmp
     out = tmp_path / "results"
     overrides = SMALL + [f"data.root={root}", f"data.test_list={listing}",
                          f"data.class_names={root / 'classes.txt'}"]
-    proc = _run_test_py("-w", str(dataset["checkpoint"]), "--output-dir", str(out), *_overrides(overrides))
+    scores_file = tmp_path / "dump" / "scores.npz"
+    proc = _run_test_py("-w", str(dataset["checkpoint"]), "--output-dir", str(out), "--save-scores",
+                        str(scores_file), *_overrides(overrides))
     assert proc.returncode == 0, proc.stderr + proc.stdout
     assert "[TEST] finished, avg_acc1= 0.6000, avg_acc5= 0.8000" in proc.stdout
     assert "over 5 of 6 videos" in proc.stdout
@@ -366,16 +373,72 @@ def test_list_evaluation_reports_a_corrupt_video_and_writes_outputs(dataset, tmp
         assert row["top5_names"] == [CLASS_NAMES[c] for c in ranking[:5]]
         np.testing.assert_allclose(row["top5_scores"], reference[ranking[:5]] / NUM_VIEWS, atol=1e-5)
 
+    # per-class accuracy and confusion matrix, expected from the labels and the reference's top-1
+    top1 = dataset["ranking"][:, 0]
+    with open(out / "per_class_accuracy.csv", newline="") as handle:
+        per_class = list(csv.reader(handle))
+    assert per_class[0] == ["index", "name", "videos", "top1_correct", "accuracy"]
+    expected_rows = []
+    for c, name in enumerate(CLASS_NAMES):
+        videos = int((dataset["labels"] == c).sum())
+        correct = int(((dataset["labels"] == c) & (top1 == c)).sum())
+        expected_rows.append([str(c), name, str(videos), str(correct), f"{correct / videos:.6f}" if videos else ""])
+    assert per_class[1:] == expected_rows
+    with open(out / "confusion_matrix.csv", newline="") as handle:
+        confusion = list(csv.reader(handle))
+    assert confusion[0] == ["true_index", "true_name", *CLASS_NAMES]
+    counts = np.zeros((NUM_CLASSES, NUM_CLASSES), np.int64)
+    for label, predicted in zip(dataset["labels"], top1):
+        counts[label, predicted] += 1
+    assert confusion[1:] == [[str(i), CLASS_NAMES[i], *map(str, counts[i])] for i in range(NUM_CLASSES)]
+    assert (out / "confusion_matrix.png").read_bytes()[:8] == PNG_MAGIC
 
-def _printed_top5(lines: list[str], path: Path) -> list[tuple[int, str, float]]:
-    """``(class index, name, score)`` from the five lines under ``path:`` in test.py's output."""
-    start = lines.index(f"{path}:")
-    rows = []
-    for k, line in enumerate(lines[start + 1: start + 6], 1):
-        rank, name, index, score = line.split()
-        assert rank == f"{k}."
-        rows.append((int(index.strip("()")), name, float(score)))
-    return rows
+    # the closing summary (F): accuracy, mean class accuracy, coverage, failures, speed, files written
+    summary = proc.stdout[proc.stdout.index("[TEST] summary"):]
+    mean_class = _expected_mean_class_accuracy(dataset["labels"], top1)
+    assert f"top-1 0.6000, top-5 0.8000, mean class accuracy {mean_class:.4f}" in summary
+    assert "coverage: over 5 of 6 videos (1 failed, 0 missing)" in summary
+    assert "failed: broken.webm: " in summary
+    assert re.search(r"speed: \d+\.\d\d videos/s \(5 videos in ", summary), summary
+    files_line = next(line for line in summary.splitlines() if "files: " in line)
+    for name in ("metrics.json", "predictions.jsonl", "per_class_accuracy.csv", "confusion_matrix.csv",
+                 "confusion_matrix.png", "config.yaml", "test.log"):
+        assert str(out / name) in files_line
+    assert str(scores_file) in files_line and str(scores_file) in metrics["files"]
+
+    # the score dump (G): mean softmax over the views, readable without pickle
+    with np.load(scores_file, allow_pickle=False) as dump:
+        assert dump["paths"].dtype.kind == "U" and dump["paths"].tolist() == list(VIDEOS)
+        np.testing.assert_allclose(dump["scores"], dataset["reference"] / NUM_VIEWS, atol=1e-5)
+        np.testing.assert_array_equal(dump["labels"], dataset["labels"])
+        assert dump["class_names"].tolist() == CLASS_NAMES
+
+
+def _printed_table(stdout: str) -> tuple[dict[str, list[tuple[int, int, str, float]]], dict[str, str]]:
+    """test.py --video's table: ``{path: [(rank, class index, name, probability)]}`` and ``{path: error}``.
+
+    Also checks the alignment: every prediction row is as long as the header (the probability column is
+    right-aligned at the end) and has its class name where the header's ``class`` starts.
+    """
+    lines = stdout.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith("file ") and line.endswith("probability"))
+    header = lines[start]
+    class_at = header.index("class")
+    rows, errors, path = {}, {}, None
+    for line in lines[start + 1:]:
+        if re.match(r"\d\d:\d\d:\d\d ", line):  # a log line: the table has ended
+            break
+        if "  ERROR: " in line:
+            bad, error = line.split("  ERROR: ", 1)
+            errors[bad.strip()] = error
+            continue
+        assert len(line) == len(header), (line, header)
+        if not line[0].isspace():
+            path = line[:header.index("rank")].strip()
+        rank, index, name, probability = line[len(path) if not line[0].isspace() else 0:].split()
+        assert line[class_at:].split()[0] == name
+        rows.setdefault(path, []).append((int(rank), int(index), name, float(probability)))
+    return rows, errors
 
 
 @torch.inference_mode()
@@ -410,23 +473,23 @@ def test_predict_files_prints_top5_and_reports_unreadable_ones(dataset, tmp_path
     assert proc.returncode == 0, proc.stderr + proc.stdout
     assert "[TEST] 2 file(s) decoded by dali on the cpu" in proc.stdout
     assert "[TEST] 1 file(s) decoded by pyav" in proc.stdout
-    lines = proc.stdout.splitlines()
-    assert any(line.startswith(f"{bogus}: ERROR") for line in lines), proc.stdout
+    rows, errors = _printed_table(proc.stdout)
+    assert list(errors) == [str(bogus)], proc.stdout
 
     # PyAV path: the same decoder and resize as the reference, so the same top-5 to the printed digit
     order = np.argsort(-h264_reference)[:5]
-    assert _printed_top5(lines, h264) == [(int(c), CLASS_NAMES[c], round(h264_reference[c] / NUM_VIEWS, 4))
-                                          for c in order]
+    assert rows[str(h264)] == [(rank, int(c), CLASS_NAMES[c], round(h264_reference[c] / NUM_VIEWS, 4))
+                               for rank, c in enumerate(order, 1)]
     # DALI path: DALI's own colour conversion and resize give other pixels than PyAV's (a few levels), so the
     # reference here is DALI's decode-per-view loader, each view through the model on its own
     dali_reference = _dali_per_view_scores(model, _cfg(dataset, "data.backend=dali", "data.device=cpu"))
     for name, index in (("v2.webm", 2), ("v4.webm", 4)):
         reference = dali_reference[index]
         order = np.argsort(-reference)[:5]
-        printed = _printed_top5(lines, root / name)
-        assert [c for c, _, _ in printed] == order.tolist()
-        assert [n for _, n, _ in printed] == [CLASS_NAMES[c] for c in order]
-        np.testing.assert_allclose([s for _, _, s in printed], reference[order] / NUM_VIEWS, atol=2e-4)
+        printed = rows[str(root / name)]
+        assert [c for _, c, _, _ in printed] == order.tolist()
+        assert [n for _, _, n, _ in printed] == [CLASS_NAMES[c] for c in order]
+        np.testing.assert_allclose([s for *_, s in printed], reference[order] / NUM_VIEWS, atol=2e-4)
 
 
 def test_predict_files_fails_when_nothing_is_readable(dataset, tmp_path):
@@ -434,7 +497,7 @@ def test_predict_files_fails_when_nothing_is_readable(dataset, tmp_path):
     bogus.write_bytes(b"")
     proc = _run_test_py("-w", str(dataset["checkpoint"]), "--video", str(bogus), *_overrides(SMALL))
     assert proc.returncode == 1
-    assert f"{bogus}: ERROR" in proc.stdout
+    assert list(_printed_table(proc.stdout)[1]) == [str(bogus)]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -501,3 +564,171 @@ def test_video_prediction_picks_a_decoder_from_the_capability_table():
     assert backend_for(record("vp9"), cfg, "hopper") == ("dali", "gpu")
     assert backend_for(record("av1"), cfg, "hopper")[0] == "pyav"
     assert backend_for(record("av1"), cfg, "ga10x") == ("dali", "gpu")
+
+
+# ----------------------------------------------------------------------------------------------
+# per-class accuracy and the confusion matrix, by hand
+
+HAND_NAMES = ["alpha", "beta", "gamma", "delta"]
+# 7 videos: true labels and the class each video's scores rank first
+HAND_LABELS = np.array([0, 0, 0, 1, 1, 2, 0])
+HAND_TOP1 = [0, 1, 0, 1, 2, 2, 3]
+
+
+def _hand_scores() -> np.ndarray:
+    scores = np.full((len(HAND_LABELS), len(HAND_NAMES)), 0.1)
+    scores[np.arange(len(HAND_LABELS)), HAND_TOP1] = 0.7
+    return scores
+
+
+def test_per_class_accuracy_and_confusion_csv_by_hand(tmp_path, caplog):
+    scores = _hand_scores()
+    rows = ev.per_class_accuracy(scores, HAND_LABELS, 4)
+    ev.write_per_class_csv(tmp_path / "per_class.csv", rows, HAND_NAMES)
+    with open(tmp_path / "per_class.csv", newline="") as handle:
+        table = list(csv.reader(handle))
+    # alpha: videos 0, 1, 2, 6 -> 0 and 2 right (1 predicted beta, 6 delta); beta: 3 right, 4 wrong; gamma: 5
+    # right; delta: no video
+    assert table == [["index", "name", "videos", "top1_correct", "accuracy"],
+                     ["0", "alpha", "4", "2", "0.500000"],
+                     ["1", "beta", "2", "1", "0.500000"],
+                     ["2", "gamma", "1", "1", "1.000000"],
+                     ["3", "delta", "0", "0", ""]]
+
+    ev.write_confusion_csv(tmp_path / "confusion.csv", ev.confusion_matrix(scores, HAND_LABELS, 4), HAND_NAMES)
+    with open(tmp_path / "confusion.csv", newline="") as handle:
+        table = list(csv.reader(handle))
+    assert table == [["true_index", "true_name", "alpha", "beta", "gamma", "delta"],
+                     ["0", "alpha", "2", "1", "0", "1"],
+                     ["1", "beta", "0", "1", "1", "0"],
+                     ["2", "gamma", "0", "0", "1", "0"],
+                     ["3", "delta", "0", "0", "0", "0"]]
+
+    # the log shows the worst classes first: alpha and beta tie at 1/2, alpha has more videos; delta has none
+    result = ev.EvalResult(np.arange(7), scores.astype(np.float32), HAND_LABELS, 1, 7)
+    with caplog.at_level(logging.INFO, logger="slowfast.test"):
+        ev.log_result(result, HAND_NAMES)
+    line = next(r.getMessage() for r in caplog.records if "worst classes" in r.getMessage())
+    assert line.endswith("alpha (0) 2/4 = 50.0%; beta (1) 1/2 = 50.0%; gamma (2) 1/1 = 100.0%")
+
+
+def _png_shape(path: Path) -> tuple:
+    import matplotlib.image
+
+    assert path.read_bytes()[:8] == PNG_MAGIC
+    return matplotlib.image.imread(str(path)).shape
+
+
+def test_confusion_png_is_a_valid_image(tmp_path):
+    pytest.importorskip("matplotlib")
+    matrix = ev.confusion_matrix(_hand_scores(), HAND_LABELS, 4)
+    assert ev.plot_confusion_matrix(tmp_path / "cm.png", matrix, HAND_NAMES) == tmp_path / "cm.png"
+    height, width, channels = _png_shape(tmp_path / "cm.png")
+    assert height >= 300 and width >= 300 and channels in (3, 4)
+    assert [p.name for p in tmp_path.iterdir()] == ["cm.png"]  # no temporary file left
+
+
+def test_confusion_png_at_400_classes_renders_in_reasonable_time(tmp_path):
+    pytest.importorskip("matplotlib")
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 400, 4000)
+    scores = rng.random((4000, 400))
+    scores[np.arange(4000), labels] += rng.random(4000) > 0.3   # about 70% right
+    names = [f"kinetics_class_with_a_long_name_{i:03d}" for i in range(400)]
+    start = time.perf_counter()
+    ev.plot_confusion_matrix(tmp_path / "cm400.png", ev.confusion_matrix(scores, labels, 400), names)
+    seconds = time.perf_counter() - start
+    assert seconds < 60, f"{seconds:.1f} s for 400 classes"
+    height, width, _ = _png_shape(tmp_path / "cm400.png")
+    assert 1000 <= height <= 2600 and 1000 <= width <= 2600
+
+
+def test_confusion_png_is_skipped_with_one_log_line_without_matplotlib(tmp_path, monkeypatch, caplog):
+    for module in ("matplotlib", "matplotlib.figure", "matplotlib.backends.backend_agg"):
+        monkeypatch.setitem(sys.modules, module, None)  # `import` raises ImportError
+    with caplog.at_level(logging.INFO, logger="slowfast.test"):
+        assert ev.plot_confusion_matrix(tmp_path / "cm.png", np.eye(3, dtype=np.int64), ["a", "b", "c"]) is None
+    assert not (tmp_path / "cm.png").exists()
+    messages = [r.getMessage() for r in caplog.records]
+    assert len(messages) == 1 and "matplotlib is not installed" in messages[0] and "skipped" in messages[0]
+
+
+# ----------------------------------------------------------------------------------------------
+# score dumps and their ensemble
+
+
+def test_combine_scores_by_hand(tmp_path):
+    a = ev.save_scores(tmp_path / "a.npz", [[0.6, 0.4], [0.2, 0.8], [0.5, 0.5]], [0, 1, 1],
+                       ["x.mp4", "y.mp4", "z.mp4"], ["cat", "dog"])
+    # the same videos in another order
+    b = ev.save_scores(tmp_path / "b.npz", [[1.0, 0.0], [0.4, 0.6], [0.0, 1.0]], [1, 0, 1],
+                       ["z.mp4", "x.mp4", "y.mp4"], ["cat", "dog"])
+    combined = ev.combine_scores(a, b, weights=(0.25, 0.75))
+    # x: .25*[.6,.4] + .75*[.4,.6] = [.45,.55]; y: .25*[.2,.8] + .75*[0,1] = [.05,.95]; z: .25*[.5,.5] + .75*[1,0]
+    np.testing.assert_allclose(combined["scores"], [[0.45, 0.55], [0.05, 0.95], [0.875, 0.125]], atol=1e-7)
+    assert combined["paths"].tolist() == ["x.mp4", "y.mp4", "z.mp4"]
+    assert combined["labels"].tolist() == [0, 1, 1] and combined["class_names"].tolist() == ["cat", "dog"]
+    np.testing.assert_allclose(ev.combine_scores(a, b)["scores"][0], [0.5, 0.5], atol=1e-7)
+    with np.load(a, allow_pickle=False) as dump:  # numpy alone reads it, no pickle
+        assert sorted(dump.files) == ["class_names", "labels", "paths", "scores"]
+
+    other = ev.save_scores(tmp_path / "c.npz", [[0.6, 0.4], [0.2, 0.8]], [0, 1], ["x.mp4", "w.mp4"])
+    with pytest.raises(ev.ScoreDumpError, match="different videos.*'y.mp4' only in the first"):
+        ev.combine_scores(a, other)
+    relabelled = ev.save_scores(tmp_path / "d.npz", [[0.6, 0.4], [0.2, 0.8], [0.5, 0.5]], [1, 1, 1],
+                                ["x.mp4", "y.mp4", "z.mp4"])
+    with pytest.raises(ev.ScoreDumpError, match="label 'x.mp4' differently"):
+        ev.combine_scores(a, relabelled)
+
+
+# ----------------------------------------------------------------------------------------------
+# --video: files, folders and patterns; the table, predictions.jsonl, --top-k and --save-scores
+
+
+def test_video_prediction_of_files_folders_and_patterns(dataset, tmp_path):
+    import shutil
+
+    root, reference = dataset["root"], dataset["reference"]
+    clips = tmp_path / "clips"
+    (clips / "sub").mkdir(parents=True)
+    shutil.copy(root / "v2.webm", clips / "sub" / "a.webm")
+    (clips / "notes.txt").write_text("not a video, not picked from a folder")
+    (tmp_path / "empty").mkdir()
+    bogus = tmp_path / "bogus.webm"
+    bogus.write_bytes(os.urandom(1024))
+    pattern, nothing = str(root / "v[34].webm"), str(tmp_path / "nowhere" / "*.mp4")
+    scores_file = tmp_path / "video_scores.npz"
+    proc = _run_test_py("-w", str(dataset["checkpoint"]), "--video", str(clips), pattern, str(bogus),
+                        str(tmp_path / "empty"), nothing, "--top-k", "3", "--save-scores", str(scores_file),
+                        *_overrides(SMALL + [f"data.class_names={root / 'classes.txt'}"]))
+    assert proc.returncode == 0, proc.stderr + proc.stdout
+
+    # (file, reference row): a.webm is a copy of v2; the pattern gives v3 and v4, sorted
+    expected = [(str(clips / "sub" / "a.webm"), 2), (str(root / "v3.webm"), 3), (str(root / "v4.webm"), 4)]
+    rows, errors = _printed_table(proc.stdout)
+    assert list(rows) == [path for path, _ in expected]
+    assert list(errors) == [str(bogus), str(tmp_path / "empty"), nothing]
+    assert "holds no video files" in errors[str(tmp_path / "empty")]
+    assert "matches no video file" in errors[nothing]
+    for path, video in expected:
+        top = np.argsort(-reference[video])[:3]
+        assert rows[path] == [(rank, int(c), CLASS_NAMES[c], round(reference[video][c] / NUM_VIEWS, 4))
+                              for rank, c in enumerate(top, 1)]
+
+    # our checkpoint lies in root: the results go to root/test/videos (never over a list evaluation's files)
+    out = root / "test" / "videos"
+    lines = [json.loads(line) for line in (out / "predictions.jsonl").read_text().splitlines()]
+    assert [r["path"] for r in lines] == [p for p, _ in expected] + [str(bogus), str(tmp_path / "empty"), nothing]
+    for row, (_, video) in zip(lines, expected):
+        top = np.argsort(-reference[video])[:3]
+        assert row["error"] is None
+        assert [(t["index"], t["name"]) for t in row["top"]] == [(int(c), CLASS_NAMES[c]) for c in top]
+        np.testing.assert_allclose([t["probability"] for t in row["top"]], reference[video][top] / NUM_VIEWS,
+                                   atol=2e-5)
+    assert all(r["error"] and r["top"] == [] for r in lines[3:])
+    assert (out / "config.yaml").is_file()
+
+    with np.load(scores_file, allow_pickle=False) as dump:
+        assert dump["paths"].tolist() == [p for p, _ in expected]
+        assert dump["labels"].tolist() == [-1, -1, -1]
+        np.testing.assert_allclose(dump["scores"], reference[[2, 3, 4]] / NUM_VIEWS, atol=1e-5)
