@@ -2,9 +2,15 @@
 
 Blocks (:class:`Stem`, :class:`Bottleneck`, :class:`ResStage`, :class:`FuseFastToSlow`, :class:`Head`), the
 network (:class:`SlowFast`), its architecture dataclass (:class:`SlowFastArch`) and one registered factory per
-variant. The published variants reproduce PySlowFast's ``SLOWFAST_4x16_R50`` / ``SLOWFAST_8x8_R50`` /
-``SLOWFAST_8x8_R101`` and pytorchvideo's ``create_slowfast`` layer for layer (same parameter count, same
-multiply-accumulates, weights importable by :mod:`models.weights`).
+variant (:data:`VARIANTS` holds their architectures). The published variants reproduce PySlowFast's
+``SLOWFAST_4x16_R50`` / ``SLOWFAST_8x8_R50`` / ``SLOWFAST_8x8_R101`` and pytorchvideo's ``create_slowfast`` layer
+for layer (same parameter count, same multiply-accumulates, weights importable by :mod:`models.weights`);
+``lateral_norm=False`` gives MMAction2's SlowFast (fusion convolutions without BN and ReLU).
+
+The architecture also records the input conventions of the weights (``input_mean`` / ``input_std``,
+``slow_sampling``: :func:`slow_frame_indices`) and the training crop that sizes the test-time head's pooling
+window (``train_crop``, ``head_pooling``; see :class:`Head`), so a checkpoint carries everything needed to feed
+and evaluate its model.
 
 Parameter names are a file format (checkpoints and the converters in :mod:`models.weights` depend on them):
 ``{slow,fast}_stem.{conv,bn}``, ``fuse_{stem,res2,res3,res4}.{conv,bn}``,
@@ -13,17 +19,27 @@ Parameter names are a file format (checkpoints and the converters in :mod:`model
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, fields, replace
 from typing import Any, Sequence
 
+import numpy as np
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
 from models.registry import register_model
 
 # Spatial stride of stem conv and stem max-pool; together they divide H and W by 4 before res2.
 _STEM_SPATIAL_STRIDE = 2
 _NUM_STAGES = 4  # res2..res5
+HEAD_POOLINGS = ("reference", "global")
+SLOW_SAMPLINGS = ("linspace", "nearest")
+# Input normalisation on [0, 1] RGB pixels: PySlowFast / pytorchvideo / PaddleVideo recipes (this project's
+# default) and MMAction2's ImageNet statistics (123.675, 116.28, 103.53 / 58.395, 57.12, 57.375 on 0-255).
+KINETICS_MEAN, KINETICS_STD = (0.45, 0.45, 0.45), (0.225, 0.225, 0.225)
+IMAGENET_MEAN = tuple(v / 255 for v in (123.675, 116.28, 103.53))
+IMAGENET_STD = tuple(v / 255 for v in (58.395, 57.12, 57.375))
 
 
 @dataclass
@@ -50,6 +66,18 @@ class SlowFastArch:
             learnable in far fewer steps for small models trained from scratch. Off in the published variants.
         dropout: dropout probability before the classifier.
         num_classes: classifier outputs.
+        lateral_norm: the fusion convolutions are followed by BN and ReLU (PySlowFast, pytorchvideo,
+            PaddleVideo, MMAction2's ``lateral_norm=True``); False: a bare convolution (MMAction2's default).
+        train_crop: the square crop (pixels) the network was trained at. The reference head's pooling window is
+            the res5 feature size at this crop (7x7 at 224), see :class:`Head`.
+        head_pooling: ``"reference"``: on an input larger than ``train_crop`` the head pools with the training
+            window at stride 1 and averages the per-position softmax (PySlowFast / PaddleVideo test time);
+            ``"global"``: global average pooling at every size (MMAction2).
+        input_mean: per-channel mean the input was normalised with, on [0, 1] RGB pixels (metadata: the model
+            does not normalise; loaders read it).
+        input_std: per-channel standard deviation, likewise.
+        slow_sampling: which frames of the Fast clip the Slow pathway takes (:func:`slow_frame_indices`):
+            ``"linspace"`` (PySlowFast, pytorchvideo, PaddleVideo) or ``"nearest"`` (MMAction2: 0, alpha, ...).
     """
 
     depths: tuple[int, ...] = (3, 4, 6, 3)
@@ -68,12 +96,30 @@ class SlowFastArch:
     fast_time_diff: bool = False
     dropout: float = 0.5
     num_classes: int = 400
+    # Fields added after slowfast-dali/1 checkpoints were first written: their defaults rebuild those models.
+    lateral_norm: bool = True
+    train_crop: int = 224
+    head_pooling: str = "reference"
+    input_mean: tuple[float, ...] = KINETICS_MEAN
+    input_std: tuple[float, ...] = KINETICS_STD
+    slow_sampling: str = "linspace"
 
     def __post_init__(self) -> None:
         # Checkpoints written as YAML/JSON give lists back; the architecture is the same.
         for name in ("depths", "slow_stem_kernel", "fast_stem_kernel", "slow_temporal_kernels",
                      "fast_temporal_kernels", "spatial_strides"):
             setattr(self, name, tuple(int(v) for v in getattr(self, name)))
+        for name in ("input_mean", "input_std"):
+            setattr(self, name, tuple(float(v) for v in getattr(self, name)))
+            if len(getattr(self, name)) != self.in_channels:
+                raise ValueError(f"{name}={getattr(self, name)} must have in_channels={self.in_channels} entries")
+        if min(self.input_std) <= 0:
+            raise ValueError(f"input_std={self.input_std} must be positive")
+        if self.head_pooling not in HEAD_POOLINGS:
+            raise ValueError(f"head_pooling={self.head_pooling!r} is unknown; choose one of {list(HEAD_POOLINGS)}")
+        if self.slow_sampling not in SLOW_SAMPLINGS:
+            raise ValueError(f"slow_sampling={self.slow_sampling!r} is unknown; choose one of "
+                             f"{list(SLOW_SAMPLINGS)}")
         for name in ("depths", "slow_temporal_kernels", "fast_temporal_kernels", "spatial_strides"):
             if len(getattr(self, name)) != _NUM_STAGES:
                 raise ValueError(f"{name}={getattr(self, name)} must have {_NUM_STAGES} entries (res2..res5)")
@@ -81,7 +127,7 @@ class SlowFastArch:
             if len(getattr(self, name)) != 3:
                 raise ValueError(f"{name}={getattr(self, name)} must be a (T, H, W) kernel")
         for name in ("width", "expansion", "alpha", "beta_inv", "fusion_kernel", "fusion_ratio",
-                     "in_channels", "num_classes"):
+                     "in_channels", "num_classes", "train_crop"):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"{name}={getattr(self, name)} must be a positive integer")
         if min(self.depths) < 1 or min(self.spatial_strides) < 1:
@@ -99,6 +145,34 @@ class SlowFastArch:
                              f"{self.slow_temporal_kernels}/{self.fast_temporal_kernels}")
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"dropout={self.dropout} must be in [0, 1)")
+
+
+def slow_frame_indices(num_fast_frames: int, alpha: int, rule: str = "linspace") -> np.ndarray:
+    """Positions, within a Fast clip of ``num_fast_frames``, of the Slow pathway's ``num_fast_frames // alpha``
+    frames: the meaning of :attr:`SlowFastArch.slow_sampling`.
+
+    Args:
+        num_fast_frames: frames of the Fast clip (a multiple of ``alpha``).
+        alpha: the frame-rate ratio.
+        rule: ``"linspace"``: ``linspace(0, T - 1, T / alpha)`` rounded down (PySlowFast, pytorchvideo,
+            PaddleVideo; 0, 10, 20, 31 for 32 frames at alpha 8); ``"nearest"``: every alpha-th frame from the
+            first, what MMAction2's nearest temporal interpolation by 1 / alpha picks (0, 8, 16, 24).
+    """
+    if rule not in SLOW_SAMPLINGS:
+        raise ValueError(f"slow_sampling={rule!r} is unknown; choose one of {list(SLOW_SAMPLINGS)}")
+    if num_fast_frames % alpha:
+        raise ValueError(f"num_frames={num_fast_frames} must be a multiple of alpha={alpha}")
+    if rule == "nearest":
+        return np.arange(0, num_fast_frames, alpha, dtype=np.int64)
+    return np.linspace(0, num_fast_frames - 1, num_fast_frames // alpha).astype(np.int64)
+
+
+def feature_size(size: int, spatial_strides: Sequence[int]) -> int:
+    """Height (or width) after res5 of an input ``size`` pixels high: the stem and its max-pool halve it, each
+    stage divides it by its stride, every step rounding up (padded convolutions)."""
+    for stride in (_STEM_SPATIAL_STRIDE, _STEM_SPATIAL_STRIDE, *spatial_strides):
+        size = -(-size // stride)
+    return size
 
 
 def time_difference(clip: torch.Tensor) -> torch.Tensor:
@@ -203,31 +277,59 @@ class FuseFastToSlow(nn.Module):
         fusion_ratio: output channels of the fusion conv / ``fast_channels``.
         fusion_kernel: temporal kernel (odd) of the fusion conv.
         alpha: its temporal stride (the fast / slow frame-rate ratio).
+        norm: follow the conv by BN and ReLU (PySlowFast); without, ``bn`` and ``relu`` are None (MMAction2).
     """
 
-    def __init__(self, fast_channels: int, fusion_ratio: int, fusion_kernel: int, alpha: int) -> None:
+    def __init__(self, fast_channels: int, fusion_ratio: int, fusion_kernel: int, alpha: int,
+                 norm: bool = True) -> None:
         super().__init__()
         self.conv = nn.Conv3d(fast_channels, fast_channels * fusion_ratio, (fusion_kernel, 1, 1),
                               stride=(alpha, 1, 1), padding=(fusion_kernel // 2, 0, 0), bias=False)
-        self.bn = nn.BatchNorm3d(fast_channels * fusion_ratio)
-        self.relu = nn.ReLU(inplace=True)
+        self.bn = nn.BatchNorm3d(fast_channels * fusion_ratio) if norm else None
+        self.relu = nn.ReLU(inplace=True) if norm else None
 
     def forward(self, slow: torch.Tensor, fast: torch.Tensor) -> torch.Tensor:
-        fused = self.relu(self.bn(self.conv(fast)))  # (N, Cf * ratio, Tf / alpha, H, W)
+        fused = self.conv(fast)  # (N, Cf * ratio, Tf / alpha, H, W)
+        if self.bn is not None:
+            fused = self.relu(self.bn(fused))
         return torch.cat([slow, fused], dim=1)  # (N, Cs + Cf * ratio, Ts, H, W)
 
 
 class Head(nn.Module):
-    """Global average pool of each pathway, concatenation, dropout, linear: logits (no softmax).
+    """Per-pathway average pooling, concatenation, dropout, linear.
+
+    What ``forward`` returns, for res5 features of ``H x W`` positions and a pooling window ``window x window``
+    (the res5 size at the training crop, 7 for 224):
+
+    - ``H <= window`` and ``W <= window`` (the training size or smaller), or ``pooling="global"``: global average
+      pool of each pathway, concat, dropout, linear: **logits** (N, K), in training and in evaluation.
+    - otherwise (``pooling="reference"``, e.g. a 256 test crop after training at 224: 8x8 features): PySlowFast's
+      test-time head (``ResNetBasicHead``). Each pathway is average-pooled over all its frames and a
+      ``window x window`` window at stride 1 (a 2x2 grid of positions at 256), the pathways are concatenated at
+      each position, then dropout and the linear layer give per-position scores; the softmax of each position
+      is averaged over the grid. The head returns the **log** of these averaged probabilities (N, K), float32:
+      a softmax applied afterwards (the evaluator's) gives PySlowFast's averaged probabilities back exactly,
+      argmax and top-k are those of the averaged probabilities, and cross-entropy on it is their negative log
+      likelihood. The same in training mode (PySlowFast has no defined output there).
+
+    PySlowFast's window in time is the training clip's frames; here it is the input clip's frames, the same
+    whenever test clips have the training clips' length (``data.num_frames`` serves both).
 
     Args:
         in_channels: slow + fast channels after res5.
         num_classes: outputs.
         dropout: dropout probability.
+        window: side of the reference pooling window in res5 positions.
+        pooling: ``"reference"`` or ``"global"`` (see above); an attribute that may be changed after building.
     """
 
-    def __init__(self, in_channels: int, num_classes: int, dropout: float) -> None:
+    def __init__(self, in_channels: int, num_classes: int, dropout: float, window: int = 7,
+                 pooling: str = "reference") -> None:
         super().__init__()
+        if pooling not in HEAD_POOLINGS:
+            raise ValueError(f"head pooling {pooling!r} is unknown; choose one of {list(HEAD_POOLINGS)}")
+        self.window = int(window)
+        self.pooling = pooling
         self.dropout = nn.Dropout(dropout)
         self.proj = nn.Linear(in_channels, num_classes)
         self.reset_parameters()
@@ -237,11 +339,25 @@ class Head(nn.Module):
         nn.init.normal_(self.proj.weight, std=0.01)
         nn.init.zeros_(self.proj.bias)
 
+    def pools_positions(self, height: int, width: int) -> bool:
+        """Whether res5 features of ``height x width`` get the multi-position reference pooling (and ``forward``
+        returns log-probabilities rather than logits)."""
+        return self.pooling == "reference" and (height > self.window or width > self.window)
+
     def forward(self, slow: torch.Tensor, fast: torch.Tensor) -> torch.Tensor:
-        # A mean over (T, H, W) rather than AvgPool3d + flatten: it works for any clip size and never
-        # reshapes a channels-last tensor.
-        pooled = torch.cat([slow.mean(dim=(2, 3, 4)), fast.mean(dim=(2, 3, 4))], dim=1)  # (N, Cs + Cf)
-        return self.proj(self.dropout(pooled))  # (N, num_classes)
+        if not self.pools_positions(*slow.shape[-2:]):
+            # A mean over (T, H, W) rather than AvgPool3d + flatten: it works for any clip size and never
+            # reshapes a channels-last tensor.
+            pooled = torch.cat([slow.mean(dim=(2, 3, 4)), fast.mean(dim=(2, 3, 4))], dim=1)  # (N, Cs + Cf)
+            return self.proj(self.dropout(pooled))  # (N, num_classes)
+        kernel_h, kernel_w = min(self.window, slow.shape[-2]), min(self.window, slow.shape[-1])
+        slow = F.avg_pool3d(slow, (slow.shape[2], kernel_h, kernel_w), stride=1)  # (N, Cs, 1, H', W')
+        fast = F.avg_pool3d(fast, (fast.shape[2], kernel_h, kernel_w), stride=1)  # (N, Cf, 1, H', W')
+        grid = torch.cat([slow, fast], dim=1).permute(0, 2, 3, 4, 1).flatten(1, 3)  # (N, P, Cs + Cf)
+        scores = self.proj(self.dropout(grid))  # (N, P, num_classes)
+        log_probs = torch.log_softmax(scores.float(), dim=-1)  # (N, P, num_classes)
+        # log(mean_p softmax_p), computed without leaving log space
+        return torch.logsumexp(log_probs, dim=1) - math.log(grid.shape[1])  # (N, num_classes)
 
 
 class SlowFast(nn.Module):
@@ -261,9 +377,11 @@ class SlowFast(nn.Module):
                    slow_res5                        fast_res5
                        |                                |
                        +------------> head <------------+
-                     global average pool per pathway, concat, dropout, linear -> (N, num_classes)
+                     average pool per pathway, concat, dropout, linear -> (N, num_classes)
 
-    No stage strides in time, so the slow pathway keeps T/alpha frames and the fast one T throughout.
+    No stage strides in time, so the slow pathway keeps T/alpha frames and the fast one T throughout. The
+    fusions are conv + BN + ReLU, or a bare conv with ``lateral_norm=False``. The head pools globally up to the
+    training crop and like PySlowFast's test-time head above it (:class:`Head` says what it returns).
 
     Args:
         arch: the architecture.
@@ -278,7 +396,7 @@ class SlowFast(nn.Module):
         self.slow_stem = Stem(arch.in_channels, arch.width, arch.slow_stem_kernel)
         fast_in_channels = arch.in_channels * (2 if arch.fast_time_diff else 1)
         self.fast_stem = Stem(fast_in_channels, arch.width // beta_inv, arch.fast_stem_kernel)
-        self.fuse_stem = FuseFastToSlow(arch.width // beta_inv, ratio, arch.fusion_kernel, alpha)
+        self.fuse_stem = FuseFastToSlow(arch.width // beta_inv, ratio, arch.fusion_kernel, alpha, arch.lateral_norm)
 
         slow_in = arch.width + arch.width // beta_inv * ratio
         fast_in = arch.width // beta_inv
@@ -292,13 +410,20 @@ class SlowFast(nn.Module):
                                                    out // beta_inv, arch.fast_temporal_kernels[i], stride))
             slow_in, fast_in = out, out // beta_inv
             if name != "res5":
-                setattr(self, f"fuse_{name}", FuseFastToSlow(fast_in, ratio, arch.fusion_kernel, alpha))
+                setattr(self, f"fuse_{name}", FuseFastToSlow(fast_in, ratio, arch.fusion_kernel, alpha,
+                                                             arch.lateral_norm))
                 slow_in += fast_in * ratio
-        self.head = Head(slow_in + fast_in, arch.num_classes, arch.dropout)
+        self.head = Head(slow_in + fast_in, arch.num_classes, arch.dropout,
+                         window=feature_size(arch.train_crop, arch.spatial_strides), pooling=arch.head_pooling)
         _init_weights(self)
 
     def forward(self, inputs: Sequence[torch.Tensor]) -> torch.Tensor:
-        """Logits (N, num_classes) for ``[slow, fast]`` clips, (N, C, T / alpha, H, W) and (N, C, T, H, W)."""
+        """Scores (N, num_classes) for ``[slow, fast]`` clips, (N, C, T / alpha, H, W) and (N, C, T, H, W).
+
+        Logits for inputs up to ``arch.train_crop`` (or with ``head_pooling="global"``); for larger inputs with
+        the reference head, log-probabilities averaged over positions as PySlowFast does (see :class:`Head`).
+        Either way ``softmax`` of the output is the class probability the reference implementation reports.
+        """
         slow, fast = self._check_inputs(inputs)
         if self.arch.fast_time_diff:
             fast = torch.cat([fast, time_difference(fast)], dim=1)  # (N, 2C, T, H, W)
@@ -313,6 +438,12 @@ class SlowFast(nn.Module):
         slow = self.fuse_res4(slow, fast)  # (N, 16w + 32w/b, T/a, H/16, W/16)
         slow, fast = self.slow_res5(slow), self.fast_res5(fast)  # (N, 32w, ., H/32, W/32), (N, 32w/b, ...)
         return self.head(slow, fast)  # (N, num_classes)
+
+    def returns_log_probs(self, height: int, width: int) -> bool:
+        """Whether ``forward`` on ``height x width`` clips returns averaged log-probabilities (the reference head
+        pools several positions) rather than logits."""
+        size = [feature_size(s, self.arch.spatial_strides) for s in (height, width)]
+        return self.head.pools_positions(*size)
 
     def _check_inputs(self, inputs: Sequence[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         if isinstance(inputs, torch.Tensor) or len(inputs) != 2:
@@ -352,27 +483,36 @@ def _build(base: SlowFastArch, num_classes: int, overrides: dict[str, Any]) -> S
     return SlowFast(replace(base, num_classes=num_classes, **overrides))
 
 
+# The registered variants' architectures (before per-call overrides); models.weights.load_pretrained matches a
+# weights file's inferred architecture against them.
+VARIANTS: dict[str, SlowFastArch] = {
+    "slowfast_r50_4x16": SlowFastArch(alpha=8, fusion_kernel=5),
+    "slowfast_r50_8x8": SlowFastArch(alpha=4, fusion_kernel=7),
+    "slowfast_r101_8x8": SlowFastArch(depths=(3, 4, 23, 3), alpha=4, fusion_kernel=5),
+    "slowfast_tiny": SlowFastArch(depths=(1, 1, 1, 1), width=8, alpha=4, beta_inv=4, fusion_kernel=5, dropout=0.2),
+}
+
+
 @register_model
 def slowfast_r50_4x16(num_classes: int = 400, **overrides: Any) -> SlowFast:
     """SlowFast R50, 4x16 sampling (slow 4 frames, fast 32, alpha 8), fusion kernel 5."""
-    return _build(SlowFastArch(alpha=8, fusion_kernel=5), num_classes, overrides)
+    return _build(VARIANTS["slowfast_r50_4x16"], num_classes, overrides)
 
 
 @register_model
 def slowfast_r50_8x8(num_classes: int = 400, **overrides: Any) -> SlowFast:
     """SlowFast R50, 8x8 sampling (slow 8 frames, fast 32, alpha 4), fusion kernel 7."""
-    return _build(SlowFastArch(alpha=4, fusion_kernel=7), num_classes, overrides)
+    return _build(VARIANTS["slowfast_r50_8x8"], num_classes, overrides)
 
 
 @register_model
 def slowfast_r101_8x8(num_classes: int = 400, **overrides: Any) -> SlowFast:
     """SlowFast R101 (blocks 3-4-23-3), 8x8 sampling (alpha 4), fusion kernel 5."""
-    return _build(SlowFastArch(depths=(3, 4, 23, 3), alpha=4, fusion_kernel=5), num_classes, overrides)
+    return _build(VARIANTS["slowfast_r101_8x8"], num_classes, overrides)
 
 
 @register_model
 def slowfast_tiny(num_classes: int = 400, **overrides: Any) -> SlowFast:
     """The SlowFast topology at toy size (one block per stage, width 8, alpha 4, beta_inv 4) for CPU demos
     and tests; the fast pathway keeps its temporal kernels, which is where motion is seen."""
-    tiny = SlowFastArch(depths=(1, 1, 1, 1), width=8, alpha=4, beta_inv=4, fusion_kernel=5, dropout=0.2)
-    return _build(tiny, num_classes, overrides)
+    return _build(VARIANTS["slowfast_tiny"], num_classes, overrides)

@@ -12,7 +12,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from models import SlowFastArch, create_model, list_models, model_from_arch, register_model
 from pytorchvideo_reference import import_pytorchvideo_slowfast  # tests/pytorchvideo_reference.py
-from models.slowfast import Bottleneck, FuseFastToSlow
+from models.slowfast import Bottleneck, FuseFastToSlow, Head, slow_frame_indices
 
 CL3D = torch.channels_last_3d
 
@@ -139,6 +139,81 @@ def test_head_is_global_average_pool_concat_linear_and_returns_logits():
     torch.testing.assert_close(logits, expected)
 
 
+class PySlowFastBasicHead(nn.Module):
+    """A minimal copy of PySlowFast's ResNetBasicHead (slowfast/models/head_helper.py) for two pathways:
+    AvgPool3d(pool_size, stride=1) per pathway, concat, (N, T, H, W, C), dropout, linear; in eval mode a softmax
+    over classes at every position, then the mean over (T, H, W)."""
+
+    def __init__(self, dim_in, num_classes, pool_size, dropout_rate):
+        super().__init__()
+        self.pools = nn.ModuleList(nn.AvgPool3d(size, stride=1) for size in pool_size)
+        self.dropout = nn.Dropout(dropout_rate)
+        self.projection = nn.Linear(sum(dim_in), num_classes)
+        self.act = nn.Softmax(dim=4)
+
+    def forward(self, inputs):
+        x = torch.cat([pool(x) for pool, x in zip(self.pools, inputs)], 1).permute(0, 2, 3, 4, 1)
+        x = self.projection(self.dropout(x))
+        if not self.training:
+            x = self.act(x)
+            if x.shape[1:4] > torch.Size([1, 1, 1]):
+                x = x.mean([1, 2, 3])
+        return x.view(x.shape[0], -1)
+
+
+@pytest.mark.parametrize("size,positions", [(7, 1), (8, 4), (9, 9)])  # res5 of 224, 256, 288 crops
+def test_reference_head_matches_pyslowfast_basic_head_on_random_features(size, positions):
+    # SlowFast R50 4x16 at the end of res5: slow (2048 ch, 4 frames), fast (256 ch, 32 frames); trained at 224,
+    # so PySlowFast pools (4, 7, 7) and (32, 7, 7) windows (TRAIN_CROP_SIZE // 32 = 7).
+    torch.manual_seed(0)
+    slow, fast = torch.randn(2, 64, 4, size, size), torch.randn(2, 8, 32, size, size)
+    ours = Head(72, 11, dropout=0.5, window=7).eval()
+    reference = PySlowFastBasicHead([64, 8], 11, [[4, 7, 7], [32, 7, 7]], dropout_rate=0.5).eval()
+    with torch.no_grad():
+        nn.init.normal_(ours.proj.weight)  # large weights: the softmax-then-mean order matters
+        reference.projection.load_state_dict(ours.proj.state_dict())
+        got, expected = ours(slow, fast), reference([slow, fast])
+    assert ours.pools_positions(size, size) == (positions > 1)
+    torch.testing.assert_close(torch.softmax(got, dim=1), expected, rtol=1e-5, atol=1e-7)
+    if positions == 1:  # the training size: logits of the global pool, as before the reference head existed
+        pooled = torch.cat([slow.mean(dim=(2, 3, 4)), fast.mean(dim=(2, 3, 4))], dim=1)
+        assert torch.equal(got, ours.proj(pooled))
+    else:  # log of the averaged probabilities: the averaged logits would rank differently in general
+        assert torch.allclose(got.exp().sum(dim=1), torch.ones(2))
+
+
+def test_global_head_pooling_option_pools_globally_at_every_size():
+    torch.manual_seed(0)
+    model = create_model("slowfast_tiny", num_classes=6, head_pooling="global", train_crop=32).eval()
+    features = {}
+    model.slow_res5.register_forward_hook(lambda m, i, o: features.__setitem__("slow", o))
+    model.fast_res5.register_forward_hook(lambda m, i, o: features.__setitem__("fast", o))
+    with torch.no_grad():
+        nn.init.normal_(model.head.proj.weight)
+        logits = model(clips(model, size=96))  # 3x3 res5 positions, window 1
+    assert not model.returns_log_probs(96, 96)
+    pooled = torch.cat([features["slow"].mean(dim=(2, 3, 4)), features["fast"].mean(dim=(2, 3, 4))], dim=1)
+    torch.testing.assert_close(logits, pooled @ model.head.proj.weight.T + model.head.proj.bias)
+    # the same weights with the reference head (window 1 at train_crop 32): the mean over the 3x3 positions of
+    # each position's softmax
+    model.head.pooling = "reference"
+    with torch.no_grad():
+        log_probs = model(clips(model, size=96))
+    slow, fast = features["slow"], features["fast"]
+    per_position = torch.cat([slow.mean(dim=2), fast.mean(dim=2)], dim=1).flatten(2).transpose(1, 2)
+    expected = torch.softmax(per_position @ model.head.proj.weight.T + model.head.proj.bias, dim=2).mean(dim=1)
+    torch.testing.assert_close(log_probs.exp(), expected)
+
+
+def test_training_crop_sets_the_head_window_and_training_size_gives_logits():
+    # res5 size at the training crop: 224 -> 7, 256 -> 8, 32 -> 1, 56 -> 2 (each stride-2 step rounds up)
+    for crop, window in ((224, 7), (256, 8), (32, 1), (56, 2)):
+        with torch.device("meta"):
+            model = create_model("slowfast_tiny", train_crop=crop)
+        assert model.head.window == window
+        assert not model.returns_log_probs(crop, crop) and model.returns_log_probs(crop + 32, crop + 32)
+
+
 def test_tiny_is_small_and_keeps_fast_temporal_kernels():
     model = create_model("slowfast_tiny", num_classes=8)
     assert 20_000 <= n_params(model) <= 400_000
@@ -178,7 +253,12 @@ def test_overrides_change_the_architecture():
 
 
 @pytest.mark.parametrize("bad,match", [({"width": 10}, "beta_inv"), ({"fusion_kernel": 4}, "odd"),
-                                       ({"depths": (1, 1, 1)}, "res2..res5"), ({"dropout": 1.0}, "dropout")])
+                                       ({"depths": (1, 1, 1)}, "res2..res5"), ({"dropout": 1.0}, "dropout"),
+                                       ({"head_pooling": "max"}, "reference"),
+                                       ({"slow_sampling": "uniform"}, "nearest"),
+                                       ({"input_mean": (0.5, 0.5)}, "in_channels=3"),
+                                       ({"input_std": (0.2, 0.0, 0.2)}, "positive"),
+                                       ({"train_crop": 0}, "train_crop")])
 def test_invalid_architecture_is_rejected_with_the_reason(bad, match):
     with pytest.raises(ValueError, match=match):
         create_model("slowfast_tiny", **bad)
@@ -194,6 +274,52 @@ def test_model_from_arch_rebuilds_an_identical_model_through_json():
     inputs = clips(original, size=64)
     with torch.no_grad():
         torch.testing.assert_close(rebuilt(inputs), original(inputs), rtol=0, atol=0)
+
+
+def test_checkpoint_args_written_before_the_new_fields_rebuild_the_same_model():
+    torch.manual_seed(0)
+    original = create_model("slowfast_tiny", num_classes=7).eval()
+    old_args = dataclasses.asdict(original.arch)
+    for name in ("lateral_norm", "train_crop", "head_pooling", "input_mean", "input_std", "slow_sampling"):
+        del old_args[name]  # a model_args dict as checkpoints held before these fields existed
+    rebuilt = model_from_arch("slowfast_tiny", old_args).eval()
+    assert rebuilt.arch == original.arch
+    assert (rebuilt.arch.lateral_norm, rebuilt.arch.train_crop, rebuilt.arch.head_pooling,
+            rebuilt.arch.slow_sampling) == (True, 224, "reference", "linspace")
+    assert rebuilt.arch.input_mean == (0.45, 0.45, 0.45) and rebuilt.arch.input_std == (0.225, 0.225, 0.225)
+    rebuilt.load_state_dict(original.state_dict())
+    inputs = clips(original, size=64)
+    with torch.no_grad():
+        torch.testing.assert_close(rebuilt(inputs), original(inputs), rtol=0, atol=0)
+
+
+def test_lateral_connections_without_norm():
+    with torch.device("meta"):
+        plain = create_model("slowfast_r50_4x16", lateral_norm=False)
+    fusions = [plain.fuse_stem, plain.fuse_res2, plain.fuse_res3, plain.fuse_res4]
+    assert all(f.bn is None and f.relu is None for f in fusions)
+    assert not any(".bn." in k for k in plain.state_dict() if k.startswith("fuse_"))
+    # BN weight + bias of the fusion outputs (2 x 8, 32, 64, 128 fast channels) are the only difference
+    assert PUBLISHED_PARAMS["slowfast_r50_4x16"] - n_params(plain) == 2 * 2 * (8 + 32 + 64 + 128)
+    torch.manual_seed(0)
+    model = create_model("slowfast_tiny", num_classes=4, lateral_norm=False).eval()
+    slow, fast = torch.randn(2, 8, 2, 8, 8), torch.randn(2, 2, 8, 8, 8)  # stem features: width 8, 8 / beta_inv 4
+    with torch.no_grad():  # the fusion is the bare time-strided convolution, concatenated after the slow features
+        fused = model.fuse_stem(slow, fast)
+        conv = F.conv3d(fast, model.fuse_stem.conv.weight, stride=(4, 1, 1), padding=(2, 0, 0))
+    assert torch.equal(fused[:, :8], slow)
+    torch.testing.assert_close(fused[:, 8:], conv)
+
+
+def test_slow_frame_rules():
+    # linspace(0, 31, 4) = 0, 10.33, 20.67, 31 rounded down; nearest: every 8th frame from the first
+    assert slow_frame_indices(32, 8).tolist() == [0, 10, 20, 31]
+    assert slow_frame_indices(32, 8, "nearest").tolist() == [0, 8, 16, 24]
+    assert slow_frame_indices(32, 4, "nearest").tolist() == [0, 4, 8, 12, 16, 20, 24, 28]
+    with pytest.raises(ValueError, match="alpha=8"):
+        slow_frame_indices(30, 8)
+    with pytest.raises(ValueError, match="linspace"):
+        slow_frame_indices(32, 8, "uniform")
 
 
 def test_frame_count_mismatch_is_a_clear_error():

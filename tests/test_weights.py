@@ -55,14 +55,21 @@ def randomize_(model: nn.Module, seed: int) -> nn.Module:
     return model
 
 
-def reference_slowfast(*, width=8, beta_inv=4, alpha=4, fusion_kernel=5, seed=0) -> nn.Module:
-    """pytorchvideo's SlowFast R50 with global average pooling (as PySlowFast/ours), random values."""
+def reference_slowfast(*, width=8, beta_inv=4, alpha=4, fusion_kernel=5, seed=0, depth=50,
+                       test_head_frames=None) -> nn.Module:
+    """pytorchvideo's SlowFast with random values. Its head is global average pooling (as ours up to the
+    training crop); with ``test_head_frames=(slow T, fast T)`` it is PySlowFast's test-time head instead: average
+    pools of (T, 7, 7) at stride 1 (the 224 training crop's window), per-position softmax, mean over positions."""
     create_slowfast = import_pytorchvideo_slowfast()
-    model = create_slowfast(model_depth=50, model_num_class=NUM_CLASSES,
+    head = dict(head_pool=nn.AdaptiveAvgPool3d)
+    if test_head_frames is not None:
+        head = dict(head_pool=nn.AvgPool3d, head_pool_kernel_sizes=tuple((t, 7, 7) for t in test_head_frames),
+                    head_activation=nn.Softmax)
+    model = create_slowfast(model_depth=depth, model_num_class=NUM_CLASSES,
                             slowfast_channel_reduction_ratio=(beta_inv,),
                             stem_dim_outs=(width, width // beta_inv),
                             slowfast_fusion_conv_kernel_size=(fusion_kernel, 1, 1),
-                            slowfast_fusion_conv_stride=(alpha, 1, 1), head_pool=nn.AdaptiveAvgPool3d)
+                            slowfast_fusion_conv_stride=(alpha, 1, 1), **head)
     return randomize_(model, seed).eval()
 
 
@@ -187,6 +194,34 @@ def test_full_r50_8x8_matches_pytorchvideo_reference(tmp_path):
     model = create_model("slowfast_r50_8x8", num_classes=NUM_CLASSES)
     assert load_weights(model, path).complete
     assert_same_logits(model, reference, alpha=4)
+
+
+def test_test_time_head_at_256_matches_pyslowfast_head_in_pytorchvideo(tmp_path):
+    # pytorchvideo's create_slowfast with PySlowFast's test head: (T, 7, 7) pools at stride 1 -> 2x2 positions
+    # at 256, softmax per position, mean. Our model trained at 224 (the default train_crop) must give the same
+    # probabilities after the evaluator's softmax, and exactly the global-pool logits at 224.
+    reference = reference_slowfast(**SMALL, seed=7, test_head_frames=(2, 2 * SMALL["alpha"]))
+    path = tmp_path / "ptv.pyth"
+    torch.save(reference.state_dict(), path)
+    model = small_model()
+    assert model.arch.train_crop == 224 and model.arch.head_pooling == "reference"
+    assert load_weights(model, path).complete
+    model.eval()
+    pooled = {}  # the reference's concatenated pathway pools, (N, C, 1, P, P)
+    reference.blocks[5].register_forward_hook(lambda m, i, out: pooled.__setitem__("features", out))
+    for size in (256, 224):
+        inputs = reference_inputs(SMALL["alpha"], size=size)
+        with torch.no_grad():
+            expected = reference([x.clone() for x in inputs])  # probabilities
+            got = model(inputs)
+        assert pooled["features"].shape[2:] == ((1, 2, 2) if size == 256 else (1, 1, 1))
+        assert model.returns_log_probs(size, size) == (size == 256)
+        torch.testing.assert_close(torch.softmax(got, dim=1), expected, rtol=1e-5, atol=1e-7)
+    # at 224 the output is the logits of global pooling: the reference's head projection of the mean features
+    with torch.no_grad():
+        logits = reference.blocks[6].proj(pooled["features"].flatten(1))
+    rel = ((got - logits).norm() / logits.norm()).item()
+    assert rel < 1e-5
 
 
 def test_pyslowfast_pyth_reproduces_reference_logits(reference, tmp_path):
