@@ -55,9 +55,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args = parse_args(argv)
     top_k = check_top_k(args.top_k)
     cfg, source = load_test_config(args.config, args.override, args.weights)
+    keys = overridden_keys(args.override)
     return run_test(cfg, args.weights, videos=args.video, output_dir=args.output_dir, progress=args.progress,
-                    explicit_keys=overridden_keys(args.override), top_k=top_k, save_scores_to=args.save_scores,
-                    config_source=source)
+                    explicit_keys=keys, top_k=top_k, save_scores_to=args.save_scores, config_source=source,
+                    infer_arch=args.config is None and "model.name" not in keys)
 
 
 if __name__ == "__main__":

@@ -1036,7 +1036,8 @@ def run_predictions(cfg: Any, model: torch.nn.Module, weights: str, videos: Sequ
 def run_test(cfg: Any, weights: str, *, videos: Optional[Sequence[str]] = None,
              output_dir: Optional[str | os.PathLike] = None, progress: bool = True,
              explicit_keys: Iterable[str] = frozenset(), top_k: int = TOP_K,
-             save_scores_to: Optional[str | os.PathLike] = None, config_source: Optional[str] = None) -> int:
+             save_scores_to: Optional[str | os.PathLike] = None, config_source: Optional[str] = None,
+             infer_arch: bool = False) -> int:
     """One process's test run: the multi-view evaluation of ``data.test_list``, or top-k predictions for
     ``videos``. Every rank of a torchrun job calls it.
 
@@ -1052,6 +1053,9 @@ def run_test(cfg: Any, weights: str, *, videos: Optional[Sequence[str]] = None,
         top_k: classes per file for ``videos`` (``--top-k``; at least 1, capped at the class count).
         save_scores_to: also write a score dump (``--save-scores``; :func:`save_scores`).
         config_source: where ``cfg`` came from, for the log (:func:`load_test_config`).
+        infer_arch: weights of another project build the architecture their tensors fit
+            (:func:`models.load_pretrained`); the driver sets it when the configuration does not pin the model
+            (no ``-c``, no ``-o model.name``).
 
     Returns:
         The exit status: 0, or 1 when no video could be evaluated (or predicted).
@@ -1070,7 +1074,7 @@ def run_test(cfg: Any, weights: str, *, videos: Optional[Sequence[str]] = None,
             LOG.info("[TEST] configuration: %s; outputs in %s", config_source, output_dir)
         if not videos:  # --video picks a decoder per file (backend_for)
             preflight_run(cfg, info.device.index, decode_check=info.local_rank == 0)
-        model = build_model(cfg, info.device, weights, arch_from_checkpoint=True).eval()
+        model = build_model(cfg, info.device, weights, arch_from_checkpoint=True, infer_arch=infer_arch).eval()
         check_data_fits_model(cfg, model)
         precision = precision_for(cfg, "test", info.device, explicit_keys)
         if videos:

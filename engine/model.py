@@ -17,7 +17,7 @@ from engine.checkpoint import CheckpointError, read_model_spec
 
 log = logging.getLogger(__name__)
 
-WEIGHT_FORMATS_HINT = "ours, PySlowFast .pyth, pytorchvideo, Caffe2 .pkl or PaddleVideo .pdparams"
+WEIGHT_FORMATS_HINT = "ours, PySlowFast .pyth, pytorchvideo, Caffe2 .pkl, PaddleVideo .pdparams or MMAction2 .pth"
 
 
 def place_model(model: nn.Module, device: torch.device, channels_last: bool) -> nn.Module:
@@ -37,7 +37,7 @@ def _from_config(cfg: Any) -> nn.Module:
 
 
 def build_model(cfg: Any, device: torch.device, weights: Optional[str | os.PathLike] = None, *,
-                arch_from_checkpoint: bool = False) -> nn.Module:
+                arch_from_checkpoint: bool = False, infer_arch: bool = False) -> nn.Module:
     """The bare network on ``device`` (channels-last if ``model.channels_last``), maybe with ``weights``.
 
     How a weights file decides the network:
@@ -46,8 +46,10 @@ def build_model(cfg: Any, device: torch.device, weights: Optional[str | os.PathL
       except that a classifier of another class count is re-initialised (fine-tuning from any format).
     - evaluation (``arch_from_checkpoint=True``): one of this project's checkpoints rebuilds the network it
       records (``model_name`` / ``model_args``) and ``cfg.model.name`` / ``num_classes`` are updated to it, so
-      the saved configuration names the evaluated model; other formats carry no architecture and build
-      ``cfg.model``. Loading is strict.
+      the saved configuration names the evaluated model; other formats carry no architecture record: with
+      ``infer_arch`` (the configuration does not pin the model: no ``-c``, no ``-o model.name``)
+      :func:`models.load_pretrained` builds the architecture the file's tensors fit, otherwise ``cfg.model``
+      is built. Loading is strict.
 
     Args:
         cfg: resolved configuration (``model.*``).
@@ -78,6 +80,14 @@ def build_model(cfg: Any, device: torch.device, weights: Optional[str | os.PathL
             log.info("weights: the checkpoint records model %s with %d classes; using it (config said %s, %d)",
                      name, model.arch.num_classes, cfg.model.name, cfg.model.num_classes)
         cfg.model.name, cfg.model.num_classes = model.model_name, model.arch.num_classes
+    elif weights is not None and arch_from_checkpoint and infer_arch:
+        model, report = models.load_pretrained(str(weights))
+        log.info("weights: %s fits %s with %d classes (built from the file): %s", weights, model.model_name,
+                 model.arch.num_classes, report.summary())
+        check_finite_weights(model, weights)
+        cfg.model.name, cfg.model.num_classes = model.model_name, model.arch.num_classes
+        apply_input_conventions(cfg, model)
+        return place_model(model, device, bool(cfg.model.channels_last))
     else:
         model = _from_config(cfg)
     if weights is not None:
@@ -89,6 +99,17 @@ def build_model(cfg: Any, device: torch.device, weights: Optional[str | os.PathL
             log.info("weights: the classifier (%s) was re-initialised for model.num_classes=%d (fine-tuning)",
                      ", ".join(report.reinitialized), cfg.model.num_classes)
     return place_model(model, device, bool(cfg.model.channels_last))
+
+
+def apply_input_conventions(cfg: Any, model: nn.Module) -> None:
+    """Feed an imported model as its source project did: ``data.mean`` / ``data.std`` from the model's
+    ``input_mean`` / ``input_std`` (e.g. ImageNet statistics for MMAction2 weights), logged when they change."""
+    arch = models.unwrap_model(model).arch
+    for key, value in (("mean", arch.input_mean), ("std", arch.input_std)):
+        value = [float(v) for v in value]
+        if [float(v) for v in cfg.data[key]] != value:
+            log.info("weights: data.%s=%s, as the weights were trained (config said %s)", key, value, cfg.data[key])
+            cfg.data[key] = value
 
 
 def check_finite_weights(model: nn.Module, weights: str | os.PathLike) -> None:

@@ -267,6 +267,16 @@ class LoadReport:
         """True when every model entry was loaded and every file entry was used."""
         return not (self.missing or self.unexpected or self.mismatched)
 
+    def headline(self) -> str:
+        """One line: the counts, and the first names of each non-empty category (for an error message)."""
+        parts = [self.summary().splitlines()[0]]
+        for title, names in (("missing", self.missing), ("unexpected", self.unexpected),
+                             ("shape-mismatched (name, file, model)", self.mismatched)):
+            if names:
+                shown = ", ".join(str(n) for n in names[:4])
+                parts.append(f"{title}: {shown}" + (f" ... (+{len(names) - 4})" if len(names) > 4 else ""))
+        return "; ".join(parts)
+
     def summary(self) -> str:
         """A few lines for logs: counts, then the names in each non-empty category."""
         lines = [f"{self.path} ({self.source_format}): {len(self.loaded)} loaded, "
@@ -580,8 +590,7 @@ def _load_source(model: nn.Module, source: _Source, path: str, strict: bool, rei
                             f"models.model_from_arch(ckpt['model_name'], ckpt['model_args'])")
         elif source.format != FORMAT_NAME and report.mismatched + report.missing + report.unexpected:
             fixes.insert(0, f"models.load_pretrained({path!r}) builds the architecture the file fits")
-        raise WeightsError(f"weights do not fit {model_name}:\n{report.summary()}\n"
-                           f"Fix: " + "; or ".join(fixes))
+        raise WeightsError(f"weights do not fit {model_name}: {report.headline()}; Fix: " + "; or ".join(fixes))
 
     model.load_state_dict(converted, strict=False)
     report.loaded = sorted(converted)

@@ -74,3 +74,26 @@ def test_frames_that_do_not_fit_the_models_alpha(driver, weights, tmp_path):
         args += ["-w", str(weights / "own.pt")]
     proc = run_driver(driver, "--output-dir", str(tmp_path / "out"), *args)
     assert_one_error_line(proc, "data.num_frames=6", "alpha=4")
+
+
+def test_weights_of_unknown_origin_build_the_model_they_fit_when_nothing_pins_it(weights, tmp_path):
+    """No -c and no -o model.name: the file's tensors decide the model (load_pretrained): a 3-class
+    slowfast_tiny, not the defaults' 400-class R50 (which would refuse the weights)."""
+    import json
+
+    from pipelines.video_io import numbered_frames, write_video
+
+    clip = write_video(tmp_path / "clip.webm", numbered_frames(16, 48, 64), fps=30, codec="vp9")
+    sizes = overrides("data.backend=pyav", "data.num_workers=0", "data.num_frames=8", "data.train_crop=32",
+                      "data.train_short_side=32", "data.val_crop=32", "data.test_short_side=32",
+                      "data.test_crop=32", "test.num_clips=1", "test.num_crops=1")
+    out = tmp_path / "out"
+    proc = run_driver("test.py", "-w", str(weights / "bare.pt"), "--video", str(clip), "--output-dir", str(out),
+                      "--no-progress", *sizes)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    (row,) = [json.loads(line) for line in (out / "predictions.jsonl").read_text().splitlines()]
+    assert row["error"] is None and {c["name"] for c in row["top"]} == {"class_0", "class_1", "class_2"}
+    # a pinned model is built as the configuration says, and the weights do not fit it
+    proc = run_driver("test.py", "-w", str(weights / "bare.pt"), "--video", str(clip), "--output-dir", str(out),
+                      *sizes, "-o", "model.name=slowfast_r50_4x16")
+    assert_one_error_line(proc, "bare.pt")
