@@ -24,6 +24,8 @@ PRECISIONS = ("bf16", "fp16", "fp32")
 BACKENDS = ("pyav", "dali")
 DEVICES = ("gpu", "cpu")
 OPTIMIZERS = ("sgd", "adamw")
+CLIP_RULES = ("reference", "spread")  # pipelines.sampling.CLIP_RULES (configs sits below pipelines)
+VAL_SAMPLINGS = ("centred", "reference")  # pipelines.sampling.VAL_SAMPLINGS
 
 
 class ConfigError(UserError, ValueError):
@@ -138,6 +140,14 @@ class Section(Rule):
         return isinstance(value, Mapping), value
 
 
+@dataclass(frozen=True)
+class BoolOrAuto(Rule):
+    """``true``, ``false`` or the string ``auto`` (decided at run time)."""
+
+    def _check(self, value):
+        return isinstance(value, bool) or value == "auto", value
+
+
 POSITIVE_INT = Int("a positive integer (>= 1)", minimum=1)
 NON_NEGATIVE_INT = Int("an integer >= 0", minimum=0)
 NON_NEGATIVE = Number("a finite number >= 0", minimum=0.0)
@@ -172,6 +182,7 @@ SCHEMA: dict[str, Rule] = {
     "data.test_short_side": POSITIVE_INT,
     "data.test_crop": POSITIVE_INT,
     "data.val_crop": POSITIVE_INT,
+    "data.resize_antialias": BoolOrAuto("auto, true or false (auto: off for imported weights, on otherwise)"),
     "data.mean": NumberList("a list of 3 finite numbers (one per RGB channel)", is_list=True, length=3),
     "data.std": NumberList("a list of 3 finite numbers > 0 (one per RGB channel)", is_list=True, length=3,
                            positive=True),
@@ -193,15 +204,18 @@ SCHEMA: dict[str, Rule] = {
     "train.sync_bn": BOOL,
     "train.precise_bn_batches": Int("an integer >= 0 (0 = off)", minimum=0),
     "train.validate_every": POSITIVE_INT,
+    "train.val_sampling": Choice("one of centred, reference", choices=VAL_SAMPLINGS),
     "train.save_every": POSITIVE_INT,
     "train.keep_last": NON_NEGATIVE_INT,
     "train.max_nonfinite": POSITIVE_INT,
     "train.log_every": POSITIVE_INT,
     "train.output_dir": PATH,
     "train.seed": SEED,
+    "train.dist_timeout_s": Number("a number of seconds > 0 (e.g. 600)", minimum=0.0, exclusive=True),
 
     "test.num_clips": POSITIVE_INT,
     "test.num_crops": POSITIVE_INT,
+    "test.clip_rule": Choice("one of reference, spread", choices=CLIP_RULES),
     "test.batch_size": POSITIVE_INT,
     "test.output_dir": PATH,
     "test.precision": PRECISION,

@@ -11,16 +11,25 @@ Files in ``output_dir``: ``<prefix>_epoch_000196.pt`` every ``train.save_every``
 Every write goes through :mod:`utils.atomic` (a temporary file unique to the writer, fsync, rename), so a
 crash mid-write leaves the previous file intact and no partial file under a final name; ``latest.pt`` and
 ``best.pt`` are hard links to the epoch file where the filesystem allows (:func:`utils.atomic.atomic_copy`).
+
+The run directory itself: :func:`lock_output_dir` takes an exclusive ``flock`` on ``<output_dir>/.lock`` for the
+whole run (primary rank), so a second run into the same directory stops at once, naming the running process;
+:func:`check_output_dir` refuses a path that is a file, and :func:`existing_checkpoints` lists what a fresh run
+would write over.
 """
 
 from __future__ import annotations
 
+import errno
+import fcntl
 import os
 import random
 import re
+import socket
+import time
 import zipfile
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Iterable, Optional
 
 import numpy as np
 import torch
@@ -31,15 +40,22 @@ from utils.errors import UserError
 
 __all__ = ["CHECKPOINT_FORMAT", "LATEST_NAME", "BEST_NAME", "DEFAULT_PREFIX", "CheckpointError",
            "checkpoint_prefix", "epoch_checkpoint_name", "save_checkpoint", "prune_epoch_checkpoints",
-           "rng_state", "set_rng_state", "load_checkpoint", "read_model_spec", "find_latest"]
+           "rng_state", "set_rng_state", "load_checkpoint", "read_model_spec", "find_latest", "saved_config",
+           "existing_checkpoints", "check_output_dir", "lock_output_dir", "RunLock", "OutputDirInUse", "LOCK_NAME"]
 
 LATEST_NAME = "latest.pt"
 BEST_NAME = "best.pt"
 DEFAULT_PREFIX = "SlowFast"
+LOCK_NAME = ".lock"
+_ANY_EPOCH_FILE = re.compile(r"^.+_epoch_\d+\.pt$")
 
 
 class CheckpointError(UserError, RuntimeError):
-    """A checkpoint that cannot be read or does not fit this run; the message says which and why."""
+    """A checkpoint that cannot be read, written or does not fit this run; the message says which and why."""
+
+
+class OutputDirInUse(UserError, RuntimeError):
+    """Another live process holds the output directory's lock."""
 
 
 def checkpoint_prefix(output_dir: str | os.PathLike) -> str:
@@ -72,24 +88,55 @@ def save_checkpoint(state: dict, path: str | os.PathLike) -> Path:
             it was and no temporary file remains.
     """
     with atomic_open(path, "wb") as handle:
-        torch.save(state, handle)
+        writer = _ErrorKeepingWriter(handle)
+        try:
+            torch.save(state, writer)
+        except RuntimeError:
+            if writer.error is not None:  # the real cause, e.g. ENOSPC/EFBIG: utils.atomic names path and space
+                raise writer.error from None
+            raise
     return Path(path)
 
 
-def prune_epoch_checkpoints(output_dir: str | os.PathLike, prefix: str, keep_last: int) -> list[Path]:
+class _ErrorKeepingWriter:
+    """A file handle for ``torch.save`` that keeps the ``OSError`` of a failed write.
+
+    NOTE: torch's zip writer turns an exception raised by ``write`` into ``RuntimeError: [enforce fail at
+    inline_container.cc:672] . unexpected pos 704 vs 598`` (torch 2.13, with a full disk or a file-size limit),
+    losing the errno that tells a full disk from a bug.
+    """
+
+    def __init__(self, handle: Any) -> None:
+        self.handle, self.error = handle, None
+
+    def write(self, data: Any) -> int:
+        try:
+            return self.handle.write(data)
+        except OSError as err:
+            self.error = err
+            raise
+
+    def flush(self) -> None:
+        self.handle.flush()
+
+
+def prune_epoch_checkpoints(output_dir: str | os.PathLike, prefix: str, keep_last: int,
+                            exclude: Iterable[str] = ()) -> list[Path]:
     """Delete all but the newest ``keep_last`` epoch checkpoints; ``latest.pt``/``best.pt`` are not touched.
 
     Args:
         output_dir: the run's directory.
         prefix: the epoch files' prefix (see :func:`checkpoint_prefix`).
         keep_last: how many epoch files to keep (``<= 0`` keeps all).
+        exclude: file names neither counted nor deleted (an earlier run's files that ``--overwrite`` found).
 
     Returns:
         The deleted paths.
     """
     if keep_last <= 0:
         return []
-    files = _epoch_files(Path(output_dir), prefix)
+    excluded = set(exclude)
+    files = [(epoch, path) for epoch, path in _epoch_files(Path(output_dir), prefix) if path.name not in excluded]
     removed = []
     for _, path in files[:-keep_last]:
         # latest.pt / best.pt may be hard links to this file: unlinking the name leaves them whole.
@@ -210,3 +257,87 @@ def find_latest(output_dir: str | os.PathLike) -> Path | None:
         return latest
     candidates = [(epoch, path) for epoch, path in _epoch_files(directory, checkpoint_prefix(directory))]
     return candidates[-1][1] if candidates else None
+
+
+def existing_checkpoints(output_dir: str | os.PathLike) -> list[Path]:
+    """Every checkpoint file in ``output_dir`` a fresh run could write over: ``latest.pt``, ``best.pt`` and epoch
+    files of any prefix (``*_epoch_000012.pt``), sorted by name; empty when the directory does not exist."""
+    directory = Path(output_dir)
+    if not directory.is_dir():
+        return []
+    return sorted(path for path in directory.iterdir()
+                  if path.is_file() and (path.name in (LATEST_NAME, BEST_NAME) or _ANY_EPOCH_FILE.match(path.name)))
+
+
+def check_output_dir(output_dir: str | os.PathLike) -> Path:
+    """``output_dir`` as a Path, or a :class:`CheckpointError` when it (or a parent) is an existing non-directory.
+
+    Raises:
+        CheckpointError: one line naming the path and the fix.
+    """
+    path = Path(output_dir)
+    for candidate in (path, *path.parents):
+        if candidate.exists() and not candidate.is_dir():
+            what = "the output directory" if candidate == path else f"a parent of the output directory {str(path)!r}"
+            raise CheckpointError(f"{str(candidate)!r} ({what}) is an existing file, not a directory; choose a "
+                                  f"directory with --output-dir DIR (or -o train.output_dir=DIR)")
+    return path
+
+
+class RunLock:
+    """An exclusive ``flock`` on ``<output_dir>/.lock``; :func:`lock_output_dir` takes it, :meth:`release` (or the
+    process's end, even a ``kill -9``) gives it back. The file holds the holder's pid, host and start time."""
+
+    def __init__(self, path: Path, fd: int) -> None:
+        self.path, self._fd = path, fd
+
+    def release(self) -> None:
+        if self._fd is not None:
+            fcntl.flock(self._fd, fcntl.LOCK_UN)
+            os.close(self._fd)
+            self._fd = None
+
+    def __enter__(self) -> "RunLock":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.release()
+
+
+def lock_output_dir(output_dir: str | os.PathLike, command: str = "") -> RunLock:
+    """Take the run directory's lock for this process, or fail at once if a live process holds it.
+
+    NOTE: the lock file is written in place, not through :mod:`utils.atomic`: an atomic write replaces the file
+    (a new inode), and a second run would then lock the new file while the first holds the old one. The file is
+    never deleted for the same reason; a lock whose holder died is free (the kernel drops ``flock`` locks with
+    the process), and the stale pid in the file is then simply overwritten.
+
+    Args:
+        output_dir: the run directory (created if missing).
+        command: what this run is (e.g. the command line), recorded in the lock file for the message.
+
+    Raises:
+        OutputDirInUse: another process holds the lock; the message names the directory and that process.
+    """
+    directory = check_output_dir(output_dir)
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / LOCK_NAME
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as err:
+        os.close(fd)
+        if err.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+            raise
+        try:
+            holder = path.read_text(encoding="utf-8", errors="replace").strip() or "a process that is starting"
+        except OSError:
+            holder = "another process"
+        raise OutputDirInUse(
+            f"{str(directory)!r} is in use by another training run ({holder}); wait for it to finish or stop it, "
+            f"or choose another directory with --output-dir DIR") from None
+    started = time.strftime("%Y-%m-%d %H:%M:%S")
+    text = f"pid {os.getpid()} on {socket.gethostname()}, started {started}" + (f": {command}" if command else "")
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, (text + "\n").encode("utf-8"), 0)
+    return RunLock(path, fd)

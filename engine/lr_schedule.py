@@ -13,6 +13,12 @@ Linear scaling rule (Goyal et al., 2017): both ``base_lr`` and ``warmup_start_lr
 ``global_batch = data.batch_size * world_size``. The reference recipe (8 GPUs x 8 clips, base_lr 0.1,
 base_batch 64) therefore trains at 0.1; one GPU with 8 clips trains at 0.0125.
 
+Warm-up longer than the run: a warm-up is capped at :data:`MAX_WARMUP_FRACTION` (half) of ``train.epochs``
+(:func:`effective_warmup`). ``-o train.epochs=1`` on the reference recipe (34 warm-up epochs) would otherwise
+spend the whole run on the first 3% of its warm-up line, near ``warmup_start_lr``; with the cap it warms up over
+0.5 epoch, to ``cosine(0.5)``, then follows the cosine to 0. The trainer logs the adjusted value once. The
+reference recipe (34 of 196 epochs, 17%) and the demo (1 of 17) are below the cap and unchanged.
+
 The LR is set every iteration from ``epoch + iteration / iters_per_epoch``, so it depends only on the
 position in training: a resumed run sees exactly the same sequence.
 """
@@ -21,6 +27,8 @@ from __future__ import annotations
 
 import math
 from typing import Any
+
+MAX_WARMUP_FRACTION = 0.5  # the longest warm-up, as a share of train.epochs
 
 
 def scaled_lr(lr: float, batch_size: int, world_size: int, base_batch: int) -> float:
@@ -37,13 +45,23 @@ def scaled_lr(lr: float, batch_size: int, world_size: int, base_batch: int) -> f
     return float(lr) * batch_size * world_size / base_batch
 
 
+def effective_warmup(warmup_epochs: float, epochs: float) -> float:
+    """The warm-up length actually used: ``warmup_epochs``, at most ``MAX_WARMUP_FRACTION * epochs``.
+
+    Args:
+        warmup_epochs: ``train.warmup_epochs``.
+        epochs: ``train.epochs``.
+    """
+    return min(float(warmup_epochs), MAX_WARMUP_FRACTION * float(epochs))
+
+
 def lr_at(epoch: float, cfg: Any, world_size: int = 1) -> float:
     """The learning rate at fractional ``epoch`` (``epoch_index + iteration / iters_per_epoch``).
 
     Args:
         epoch: position in training, in epochs (0 = the first step, ``cfg.train.epochs`` = the end).
         cfg: the resolved configuration; reads ``train.{base_lr, warmup_start_lr, warmup_epochs,
-            epochs, base_batch}`` and ``data.batch_size``.
+            epochs, base_batch}`` and ``data.batch_size``; the warm-up is :func:`effective_warmup`.
         world_size: number of processes (the global batch is ``data.batch_size * world_size``).
     """
     train = cfg.train
@@ -56,7 +74,7 @@ def lr_at(epoch: float, cfg: Any, world_size: int = 1) -> float:
     def cosine(e: float) -> float:
         return base * (1.0 + math.cos(math.pi * min(e, total) / total)) / 2.0
 
-    warmup = float(train.warmup_epochs)
+    warmup = effective_warmup(train.warmup_epochs, total)
     if epoch < warmup:
         return start + (cosine(warmup) - start) * epoch / warmup
     return cosine(epoch)

@@ -9,7 +9,10 @@ The pieces, in the order a run uses them (``python train.py`` calls :func:`run_t
 - :func:`train_step`: one optimizer step (forward under autocast, loss, skip on a non-finite loss on every
   rank together, backward, step); the benchmark times this very function.
 - :func:`train_one_epoch`, :func:`validate`, :func:`precise_bn`, :func:`save`, :func:`resume`.
-- :func:`fit`: the epoch loop; :func:`run_training`: one process's whole run.
+- :func:`fit`: the epoch loop, with ``curves.png`` (:mod:`engine.plots`) after every epoch and a summary block at
+  the end; :func:`run_training`: one process's whole run (the output directory's lock, resume or refusal, the
+  process group's timeout, every rank's failure named); :func:`resolve_config`: the configuration of
+  ``train.py`` (``--resume`` without ``-c`` starts from the checkpoint's own configuration).
 
 The learning rate follows :mod:`engine.lr_schedule` every iteration; the checkpoint format is
 :mod:`models.checkpoint_format`, its files :mod:`engine.checkpoint`.
@@ -33,11 +36,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from configs import Config, ConfigError, save_config
+from configs import Config, ConfigError, load_config, save_config
 from configs.schema import OPTIMIZERS
 from engine import checkpoint as ckpt
 from engine import distributed
-from engine.lr_schedule import lr_at, scaled_lr
+from engine import plots
+from engine.lr_schedule import MAX_WARMUP_FRACTION, effective_warmup, lr_at, scaled_lr
 from engine.meters import RunLog, SmoothedValue, setup_logging, topk_correct
 from engine.model import build_model, check_data_fits_model
 from engine.precise_bn import update_bn_stats
@@ -161,7 +165,7 @@ class Trainer:
     output_dir: Path
     run_log: RunLog
     validate: bool = False
-    progress: bool = True  # progress meters (validation, precise BN) on stderr, primary rank only
+    progress: bool = True  # progress meters (training epochs, validation, precise BN) on stderr, primary rank only
     epoch: int = 0  # epochs completed
     iteration: int = 0  # optimizer steps attempted (skipped non-finite ones included)
     nonfinite_streak: int = 0
@@ -170,6 +174,12 @@ class Trainer:
     best_epoch: int = -1
     history: list = field(default_factory=list)
     prefix: str = ckpt.DEFAULT_PREFIX
+    # epoch files of an earlier run that --overwrite started over: never pruned (only written over by name)
+    foreign_files: set = field(default_factory=set)
+    started: float = field(default_factory=time.perf_counter)  # this process's start, for the wall time
+    clips_trained: int = 0  # training clips of this process's epochs, all ranks
+    train_seconds: float = 0.0  # time spent in those epochs
+    curves_problem_logged: bool = False
 
     @property
     def iters_per_epoch(self) -> int:
@@ -179,6 +189,7 @@ class Trainer:
         return lr_at(epoch_float, self.cfg, self.dist.world_size)
 
     def meter(self, total: int, what: str, unit: str = "batches") -> Progress:
+        """A progress meter on stderr (primary rank, unless ``--no-progress``); throttled when not a terminal."""
         return Progress(total, what, unit, enabled=self.progress and self.dist.is_primary)
 
 
@@ -199,7 +210,7 @@ def build_trainer(
         validate: build the validation loader too.
         weights: initial weights (``-w``), any format :func:`models.load_weights` reads.
         explicit_keys: configuration keys given on the command line (for the precision policy).
-        progress: show progress meters for validation and precise BN.
+        progress: show progress meters for training epochs, validation and precise BN.
     """
     device = dist_info.device
     output_dir = Path(cfg.train.output_dir)
@@ -347,6 +358,7 @@ def train_one_epoch(trainer: Trainer, epoch: int) -> dict:
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     snapshot = BufferSnapshot(trainer.bare_model)
+    meter = trainer.meter(num_iters, f"[TRAIN] epoch {epoch + 1}/{cfg.train.epochs}")
     for step, batch in enumerate(loader):
         data_time.update(time.perf_counter() - end)
         inputs, labels, _ = _batch_inputs(trainer, batch)
@@ -355,6 +367,7 @@ def train_one_epoch(trainer: Trainer, epoch: int) -> dict:
             group["lr"] = lr
         result = train_step(model, optimizer, inputs, labels, trainer.precision, trainer.scaler, snapshot)
         trainer.iteration += 1
+        meter.update()
         if not result.applied:
             skipped += 1
             trainer.nonfinite_streak += 1
@@ -403,6 +416,7 @@ def train_one_epoch(trainer: Trainer, epoch: int) -> dict:
                 format_duration(record["eta_s"]),
             )
             trainer.run_log.write("iter", record, step=trainer.iteration)
+    meter.close()
     elapsed = time.perf_counter() - epoch_start
     summary = {
         "epoch": epoch + 1,
@@ -411,6 +425,7 @@ def train_one_epoch(trainer: Trainer, epoch: int) -> dict:
         "lr": trainer.lr(epoch + 1),
         "time_s": elapsed,
         "clips_per_s": loss_meter.count * world / max(elapsed, 1e-9),
+        "clips": loss_meter.count * world,
         "data_wait": data_time.total / max(elapsed, 1e-9),
         "skipped_steps": skipped,
     }
@@ -513,39 +528,90 @@ def checkpoint_state(trainer: Trainer, rng_states: list, metrics: dict) -> dict:
 def save(trainer: Trainer, numbered: bool, is_best: bool, metrics: dict) -> Optional[Path]:
     """Write latest.pt (always), the epoch file (if ``numbered``), best.pt (if ``is_best``); rank 0 only.
 
-    Every rank must call this (the RNG states are gathered from all of them).
+    Every rank must call this (the RNG states are gathered from all of them, and a failed write stops every
+    rank together instead of leaving the others waiting in the next collective).
+
+    Raises:
+        engine.checkpoint.CheckpointError: a file could not be written (disk full, file-size limit, permissions):
+            one line naming the path and the free space (:mod:`utils.atomic`); the files written before are
+            intact, and the run stops.
     """
     rng_states = distributed.all_gather_object(ckpt.rng_state())
     written = None
+    problem = None
     if trainer.dist.is_primary:
         state = checkpoint_state(trainer, rng_states, metrics)
         out = trainer.output_dir
         latest = out / ckpt.LATEST_NAME
-        if numbered:
-            written = ckpt.save_checkpoint(state, out / ckpt.epoch_checkpoint_name(trainer.prefix, trainer.epoch))
-            atomic_copy(written, latest)
-            for path in ckpt.prune_epoch_checkpoints(out, trainer.prefix, int(trainer.cfg.train.keep_last)):
-                log.info("checkpoint: removed %s (train.keep_last=%d)", path.name, trainer.cfg.train.keep_last)
+        try:
+            if numbered:
+                name = ckpt.epoch_checkpoint_name(trainer.prefix, trainer.epoch)
+                written = ckpt.save_checkpoint(state, out / name)
+                trainer.foreign_files.discard(name)  # this run's own file now
+                atomic_copy(written, latest)
+                for path in ckpt.prune_epoch_checkpoints(out, trainer.prefix, int(trainer.cfg.train.keep_last),
+                                                         exclude=trainer.foreign_files):
+                    log.info("checkpoint: removed %s (train.keep_last=%d)", path.name, trainer.cfg.train.keep_last)
+            else:
+                written = ckpt.save_checkpoint(state, latest)
+            if is_best:
+                atomic_copy(written, out / ckpt.BEST_NAME)
+        except OSError as err:
+            reason = err.strerror or str(err)
+            if err.filename and str(err.filename) not in reason:
+                reason = f"{err.filename}: {reason}"
+            problem = (f"checkpoint of epoch {trainer.epoch} not saved: {reason}; resume later with --resume "
+                       f"(from {latest})")
         else:
-            written = ckpt.save_checkpoint(state, latest)
-        if is_best:
-            atomic_copy(written, out / ckpt.BEST_NAME)
-        log.info("checkpoint: %s%s", written, " (best)" if is_best else "")
-    distributed.barrier()
+            log.info("checkpoint: %s%s", written, " (best)" if is_best else "")
+    problem = distributed.broadcast_object(problem)  # also the barrier: every rank waits for the files
+    if problem is not None:
+        raise ckpt.CheckpointError(problem)
     return written
+
+
+def _model_section(config: dict) -> dict:
+    model = config.get("model") or {}
+    return {"name": model.get("name"), "num_classes": model.get("num_classes"), "args": dict(model.get("args") or {})}
+
+
+def check_resume_fits(cfg: Config, path: Path) -> None:
+    """Refuse, before anything is built, a resume whose model differs from the checkpoint's (name, class count,
+    architecture arguments): such a run cannot continue that training.
+
+    Raises:
+        engine.checkpoint.CheckpointError: one line naming both values and the fix.
+    """
+    saved = ckpt.saved_config(path)
+    if saved is None:
+        return  # no configuration saved (or not this project's file): load_checkpoint / resume() judge it
+    before, now = _model_section(saved), _model_section(cfg.to_dict())
+    changed = [f"model.{key}={before[key]!r} in the checkpoint, {now[key]!r} now"
+               for key in ("name", "num_classes", "args") if before[key] != now[key]]
+    if changed:
+        raise ckpt.CheckpointError(
+            f"--resume {path}: {'; '.join(changed)}; a resumed run keeps its model: drop the change (without -c, "
+            f"--resume starts from the checkpoint's own configuration), or start a new run from its weights with "
+            f"-w {path} --output-dir NEW_DIR")
 
 
 def resume(trainer: Trainer, path: Path) -> None:
     """Continue from ``path``: weights, optimizer, scaler, position, best metric, RNG states."""
     state = ckpt.load_checkpoint(path, map_location="cpu")
     bare = trainer.bare_model
+    expected_name = getattr(bare, "model_name", trainer.cfg.model.name)
     expected_args = dataclasses.asdict(bare.arch)
-    if (state.get("model_name") != getattr(bare, "model_name", trainer.cfg.model.name)
-            or state.get("model_args") != expected_args):
+    saved_args = state.get("model_args") or {}
+    if state.get("model_name") != expected_name or saved_args != expected_args:
+        changed = [f"model_name {state.get('model_name')!r} in the checkpoint, {expected_name!r} now"] \
+            if state.get("model_name") != expected_name else []
+        changed += [f"{key} {saved_args.get(key)!r} in the checkpoint, {expected_args.get(key)!r} now"
+                    for key in sorted(set(saved_args) | set(expected_args))
+                    if saved_args.get(key) != expected_args.get(key)]
         raise ckpt.CheckpointError(
-            f"{path} holds {state.get('model_name')!r} with {state.get('model_args')}, but this run builds "
-            f"{trainer.cfg.model.name!r} with {expected_args}; resume with the run's own config, or start from "
-            f"its weights with -w {path}"
+            f"--resume {path}: the checkpoint's model differs from this run's ({'; '.join(changed)}); resume with "
+            f"the run's own config (leave out -c and the model.* overrides), or start a new run from its weights "
+            f"with -w {path} --output-dir NEW_DIR"
         )
     bare.load_state_dict(state["model"])
     trainer.optimizer.load_state_dict(state["optimizer"])
@@ -577,16 +643,28 @@ def _log_config_changes(saved: dict, current: dict, prefix: str = "") -> None:
             log.warning("resume: %s%s was %r, now %r", prefix, key, a, b)
 
 
-def resume_source(resume_arg: Optional[str], output_dir: Path) -> Optional[Path]:
+def _names(paths: list[Path]) -> str:
+    shown = ", ".join(p.name for p in paths[:4])
+    return shown + (f" and {len(paths) - 4} more" if len(paths) > 4 else "")
+
+
+def resume_source(resume_arg: Optional[str], output_dir: Path, overwrite: bool = False) -> Optional[Path]:
     """The checkpoint to resume from, or None to start from scratch.
 
     Args:
         resume_arg: ``--resume``: None (not given), ``"latest"`` (given without a value) or a file.
         output_dir: the run's directory. Under a torchrun restart (``TORCHELASTIC_RESTART_COUNT > 0``) the run
             resumes from its ``latest.pt`` without ``--resume``.
+        overwrite: ``--overwrite``: a fresh run may write over the checkpoints already in ``output_dir`` (none is
+            deleted beforehand; an earlier run's epoch files are never pruned).
+
+    Raises:
+        engine.checkpoint.CheckpointError: ``--resume FILE`` that does not exist; a fresh start (or ``--resume``
+            with nothing to continue) in a directory that holds checkpoints, without ``--overwrite``.
     """
     restarts = int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") or 0)
     latest = ckpt.find_latest(output_dir)
+    existing = ckpt.existing_checkpoints(output_dir)
     if resume_arg not in (None, "latest"):
         path = Path(resume_arg)
         if not path.is_file():
@@ -595,30 +673,80 @@ def resume_source(resume_arg: Optional[str], output_dir: Path) -> Optional[Path]
         return path
     if resume_arg == "latest" or restarts > 0:
         if latest is None:
+            if existing and not overwrite:
+                raise ckpt.CheckpointError(
+                    f"--resume: {output_dir} holds {_names(existing)} but no {ckpt.LATEST_NAME} or epoch file of "
+                    f"this directory to continue from; resume from one of them with --resume "
+                    f"{existing[0]}, or pass --overwrite to start a new run there")
             log.info("resume: no checkpoint in %s yet; starting from scratch", output_dir)
         elif restarts > 0 and resume_arg is None:
             log.info("resume: torchrun restart %d; continuing from %s", restarts, latest)
         return latest
-    if latest is not None:
+    if existing and not overwrite:
         raise ckpt.CheckpointError(
-            f"{output_dir} already holds a run ({latest.name}); pass --resume to continue it, or choose another "
-            f"directory with --output-dir (or -o train.output_dir=...) to start a new one"
+            f"{output_dir} already holds a run ({_names(existing)}); pass --resume to continue it, --overwrite to "
+            f"start a new run that writes over it, or choose another directory with --output-dir (or "
+            f"-o train.output_dir=...) to start a new one"
         )
     return None
+
+
+def resolve_config(config_path: Optional[str], overrides: Iterable[str], resume_arg: Optional[str] = None,
+                   output_dir: Optional[str] = None) -> Config:
+    """The configuration ``train.py`` runs with.
+
+    With ``--resume`` and no ``-c``, it starts from the configuration the checkpoint carries (the run continues
+    as it was configured; ``-o`` overrides still apply on top), and the run's directory is the checkpoint's
+    (``--resume RUN/latest.pt`` writes into RUN). Otherwise: defaults, the recipe, the overrides.
+
+    Args:
+        config_path: ``-c`` (None when not given).
+        overrides: ``-o key=value`` strings.
+        resume_arg: ``--resume``: None, ``"latest"`` or a checkpoint file.
+        output_dir: ``--output-dir`` (replaces ``train.output_dir``).
+
+    Raises:
+        configs.ConfigError: as :func:`configs.load_config`.
+    """
+    overrides = list(overrides)
+    cfg = load_config(config_path, overrides)
+    if output_dir:
+        cfg.train.output_dir = output_dir
+    if resume_arg is None or config_path is not None:
+        return cfg
+    path = Path(resume_arg) if resume_arg != "latest" else ckpt.find_latest(cfg.train.output_dir)
+    saved = ckpt.saved_config(path) if path is not None else None
+    if saved is None:
+        return cfg  # nothing to start from: a missing or foreign file is reported by resume_source / resume
+    cfg = load_config(None, overrides, base=saved, base_source=f"the configuration saved in {path}")
+    if output_dir:
+        cfg.train.output_dir = output_dir
+    elif "train.output_dir" not in {text.split("=", 1)[0].strip() for text in overrides}:
+        cfg.train.output_dir = str(path.parent)
+    log.info("configuration: from %s%s", path, f" with {len(overrides)} override(s)" if overrides else "")
+    return cfg
 
 
 # ---------------------------------------------------------------------------------------------- loop
 
 
 def fit(trainer: Trainer) -> dict:
-    """Train from ``trainer.epoch`` to ``train.epochs``: an epoch, then precise BN, validation and checkpoints
-    as configured (:func:`end_of_epoch`). Returns the run's summary (:func:`final_summary`)."""
+    """Train from ``trainer.epoch`` to ``train.epochs``: an epoch, then precise BN, validation, checkpoints and
+    the curves as configured (:func:`end_of_epoch`). Returns the run's summary (:func:`final_summary`), which
+    the primary rank also logs as a block (:func:`log_final_summary`)."""
     _log_setup(trainer)
+    # Where this run starts: the curves drop the log's records of later epochs written before (engine.plots).
+    trainer.run_log.write("start", {"epoch": trainer.epoch, "epochs": trainer.cfg.train.epochs})
     for epoch in range(trainer.epoch, trainer.cfg.train.epochs):
         train_summary = train_one_epoch(trainer, epoch)
         trainer.epoch = epoch + 1
+        trainer.clips_trained += int(train_summary.get("clips", 0))
+        trainer.train_seconds += float(train_summary["time_s"])
         end_of_epoch(trainer, epoch, train_summary)
-    return final_summary(trainer)
+    summary = final_summary(trainer)
+    if trainer.dist.is_primary:
+        log_final_summary(summary)
+    return summary
 
 
 def run_training(
@@ -629,8 +757,11 @@ def run_training(
     weights: Optional[str] = None,
     explicit_keys: Iterable[str] = frozenset(),
     progress: bool = True,
+    overwrite: bool = False,
+    command: str = "",
 ) -> dict:
-    """One process's training run: join the process group (torchrun), log, build, resume, :func:`fit`.
+    """One process's training run: join the process group (torchrun, timeout ``train.dist_timeout_s``), lock
+    the output directory, log, decide resume or refuse, build, resume, :func:`fit`.
 
     Args:
         cfg: resolved configuration (``train.output_dir`` is where everything goes).
@@ -638,20 +769,60 @@ def run_training(
         resume_from: ``--resume`` (see :func:`resume_source`).
         weights: initial weights (``-w``); ignored when resuming.
         explicit_keys: configuration keys given on the command line (for the precision policy).
-        progress: show progress meters for validation and precise BN.
+        progress: progress meters on stderr (training epochs, validation, precise BN).
+        overwrite: ``--overwrite``: a fresh run may write over the checkpoints in ``train.output_dir``.
+        command: the command line, recorded in the directory's lock file (for a second run's message).
+
+    Raises:
+        utils.errors.UserError: every error of the setup and the run a user can fix (a used or locked
+            directory, a checkpoint that does not fit, a full disk, ...); with several processes, prefixed
+            with the rank (:func:`engine.distributed.rank_errors`).
 
     Returns:
         The summary of :func:`final_summary`.
     """
-    dist_info = distributed.init_distributed()
-    output_dir = Path(cfg.train.output_dir)
-    setup_logging(dist_info.is_primary, output_dir, "train")
+    timeout_s = float(cfg.train.dist_timeout_s)
+    dist_info = distributed.init_distributed(timeout_s=timeout_s)
+    try:
+        with distributed.rank_errors(dist_info, timeout_s):
+            return _run(cfg, dist_info, validate=validate, resume_from=resume_from, weights=weights,
+                        explicit_keys=explicit_keys, progress=progress, overwrite=overwrite, command=command)
+    finally:
+        distributed.cleanup()
+
+
+def _run(cfg: Config, dist_info: distributed.DistInfo, *, validate: bool, resume_from: Optional[str],
+         weights: Optional[str], explicit_keys: Iterable[str], progress: bool, overwrite: bool,
+         command: str) -> dict:
+    output_dir = ckpt.check_output_dir(cfg.train.output_dir)
+    lock, problem = None, None
+    if dist_info.is_primary:
+        try:
+            lock = ckpt.lock_output_dir(output_dir, command)
+        except UserError as err:
+            problem = err
+    # Every rank stops together when the directory is taken (none waits in a later collective).
+    shared = distributed.broadcast_object(None if problem is None else str(problem))
+    if problem is not None:
+        raise problem
+    if shared is not None:
+        raise TrainingError(shared)
     trainer = None
     try:
+        setup_logging(dist_info.is_primary, output_dir, "train")
+        checkpoint = resume_source(resume_from, output_dir, overwrite=overwrite)
+        foreign: set = set()
+        if checkpoint is not None:
+            check_resume_fits(cfg, checkpoint)
+        elif overwrite:
+            foreign = {path.name for path in ckpt.existing_checkpoints(output_dir)}
+            if foreign:
+                log.warning("--overwrite: a new run in %s writes over the earlier run's %s (nothing is deleted; "
+                            "its epoch files are never pruned)", output_dir, ", ".join(sorted(foreign)))
         preflight_run(cfg, dist_info.device.index, decode_check=dist_info.local_rank == 0)
-        checkpoint = resume_source(resume_from, output_dir)
         trainer = build_trainer(cfg, dist_info, validate=validate, weights=None if checkpoint else weights,
                                 explicit_keys=explicit_keys, progress=progress)
+        trainer.foreign_files = {name for name in foreign if name not in (ckpt.LATEST_NAME, ckpt.BEST_NAME)}
         if dist_info.is_primary:
             save_config(cfg, output_dir)
         if checkpoint is not None:
@@ -660,7 +831,8 @@ def run_training(
     finally:
         if trainer is not None:
             trainer.run_log.close()
-        distributed.cleanup()
+        if lock is not None:
+            lock.release()
 
 
 def _log_setup(trainer: Trainer) -> None:
@@ -677,8 +849,15 @@ def _log_setup(trainer: Trainer) -> None:
         scaled_lr(cfg.train.base_lr, cfg.data.batch_size, world, cfg.train.base_batch),
         cfg.data.batch_size * world, cfg.data.batch_size, world,
         scaled_lr(cfg.train.warmup_start_lr, cfg.data.batch_size, world, cfg.train.base_batch),
-        cfg.train.warmup_epochs, cfg.train.epochs,
+        effective_warmup(cfg.train.warmup_epochs, cfg.train.epochs), cfg.train.epochs,
     )
+    if effective_warmup(cfg.train.warmup_epochs, cfg.train.epochs) != float(cfg.train.warmup_epochs):
+        log.warning(
+            "train.warmup_epochs=%g is longer than %g of train.epochs=%d: warming up over %g epochs instead "
+            "(engine/lr_schedule.py caps the warm-up); set -o train.warmup_epochs=... to choose another",
+            cfg.train.warmup_epochs, MAX_WARMUP_FRACTION, cfg.train.epochs,
+            effective_warmup(cfg.train.warmup_epochs, cfg.train.epochs),
+        )
     log.info(
         "data: %s on %s, %d training batches per epoch%s; output in %s",
         cfg.data.backend, cfg.data.device, trainer.iters_per_epoch,
@@ -721,20 +900,73 @@ def end_of_epoch(trainer: Trainer, epoch: int, train_summary: dict) -> None:
     trainer.history.append({"train": train_summary, "val": val})
     metrics = {"train": train_summary, "val": val, "best_top1": trainer.best_top1, "best_epoch": trainer.best_epoch}
     save(trainer, numbered=numbered, is_best=is_best, metrics=metrics)
+    if trainer.dist.is_primary:
+        draw_curves(trainer)
 
+
+def draw_curves(trainer: Trainer) -> Optional[Path]:
+    """Redraw ``curves.png`` (:mod:`engine.plots`); without matplotlib, or when the file cannot be written, one
+    log line (once) and the run goes on: the curves are a view of ``train_log.jsonl``, which keeps the data."""
+    try:
+        drawn = plots.write_curves(trainer.output_dir, title=f"{trainer.cfg.model.name} in {trainer.output_dir}")
+    except OSError as err:
+        if not trainer.curves_problem_logged:
+            log.warning("curves: %s not written (%s)", trainer.output_dir / plots.CURVES_NAME, err.strerror or err)
+            trainer.curves_problem_logged = True
+        return None
+    if drawn is None:
+        if not trainer.curves_problem_logged:
+            log.info("curves: skipped, matplotlib is not installed (pip install .[bench]); train_log.jsonl has "
+                     "the data")
+            trainer.curves_problem_logged = True
+        return None
+    return drawn[0]
 
 def final_summary(trainer: Trainer) -> dict:
-    """What the run reached: epochs, iterations, best and last validation, checkpoint paths, skipped steps."""
+    """What the run reached: epochs, iterations, best and last validation, time and speed, where the files are."""
     last_val = next((h["val"] for h in reversed(trainer.history) if h["val"] is not None), None)
-    best = trainer.output_dir / ckpt.BEST_NAME
+    last_train = trainer.history[-1]["train"] if trainer.history else None
+    out = trainer.output_dir
+    best = out / ckpt.BEST_NAME
+    curves = out / plots.CURVES_NAME
+    tensorboard = out / "tensorboard"
     return {
-        "output_dir": str(trainer.output_dir),
+        "output_dir": str(out),
         "epochs": trainer.epoch,
         "iteration": trainer.iteration,
         "best_top1": trainer.best_top1 if trainer.best_epoch > 0 else None,
         "best_epoch": trainer.best_epoch if trainer.best_epoch > 0 else None,
         "last_val": last_val,
+        "last_train": last_train,
         "best_checkpoint": str(best) if best.is_file() else None,
-        "latest_checkpoint": str(trainer.output_dir / ckpt.LATEST_NAME),
+        "latest_checkpoint": str(out / ckpt.LATEST_NAME),
+        "epoch_checkpoints": [str(p) for _, p in ckpt._epoch_files(out, trainer.prefix)] if out.is_dir() else [],
         "nonfinite_steps": trainer.nonfinite_total,
+        "wall_time_s": time.perf_counter() - trainer.started,
+        "clips_per_s": trainer.clips_trained / trainer.train_seconds if trainer.train_seconds > 0 else None,
+        "logs": [str(out / "train.log"), str(out / "train_log.jsonl")]
+        + ([str(tensorboard)] if tensorboard.is_dir() else []),
+        "curves": str(curves) if curves.is_file() else None,
     }
+
+
+def log_final_summary(summary: dict) -> None:
+    """The block a finished run ends with: accuracy, time, speed, and where its files are."""
+    lines = [f"training finished: {summary['epochs']} epoch(s), {summary['iteration']} iterations in "
+             f"{format_duration(summary['wall_time_s'])} wall time"
+             + (f", {summary['clips_per_s']:.1f} training clips/s" if summary["clips_per_s"] else "")]
+    if summary["best_epoch"] is not None:
+        last = summary["last_val"]
+        lines.append(f"  best val top-1 {100 * summary['best_top1']:.2f}% at epoch {summary['best_epoch']}; "
+                     f"final val top-1 {100 * last['top1']:.2f}%, top-5 {100 * last['top5']:.2f}% "
+                     f"(epoch {last['epoch']})")
+    elif summary["last_train"] is not None:
+        lines.append(f"  no validation (pass --validate to measure it and keep best.pt); final training top-1 "
+                     f"{100 * summary['last_train']['top1']:.2f}%, loss {summary['last_train']['loss']:.4f}")
+    checkpoints = [summary["latest_checkpoint"]] + ([summary["best_checkpoint"]] if summary["best_checkpoint"]
+                                                    else []) + summary["epoch_checkpoints"]
+    lines.append(f"  checkpoints: {', '.join(checkpoints)}")
+    lines.append(f"  logs: {', '.join(summary['logs'])}")
+    lines.append(f"  curves: {summary['curves'] or 'not drawn (matplotlib is not installed)'}")
+    for line in lines:
+        log.info("%s", line)

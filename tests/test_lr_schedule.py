@@ -7,7 +7,7 @@ import math
 import pytest
 
 from configs import load_config
-from engine.lr_schedule import lr_at, scaled_lr
+from engine.lr_schedule import effective_warmup, lr_at, scaled_lr
 
 
 def _cfg(**train):
@@ -52,3 +52,20 @@ def test_warmup_start_is_scaled_too_and_steps_are_monotonic():
     per_iteration = [lr_at(i / 10, cfg) for i in range(41)]
     assert all(a < b for a, b in zip(per_iteration[:10], per_iteration[1:11]))  # rising in warmup
     assert all(a > b for a, b in zip(per_iteration[10:40], per_iteration[11:41]))  # falling after
+
+
+def test_a_warmup_longer_than_half_the_run_is_capped_at_half():
+    # The reference recipe's 34 warm-up epochs with -o train.epochs=1, batch 64 = base_batch: base 0.1, start 0.01.
+    # The cap makes the warm-up 0.5 epoch, to cosine(0.5) = 0.1 * (1 + cos(pi/2)) / 2 = 0.05.
+    cfg = _cfg(epochs=1, base_lr=0.1, base_batch=8, warmup_epochs=34, warmup_start_lr=0.01)
+    assert effective_warmup(34, 1) == 0.5
+    assert lr_at(0, cfg) == pytest.approx(0.01)
+    assert lr_at(0.25, cfg) == pytest.approx(0.03)  # halfway up the line 0.01 -> 0.05
+    assert lr_at(0.5, cfg) == pytest.approx(0.05)
+    # then the cosine: 0.1 * (1 + cos(0.75 pi)) / 2 = 0.1 * (1 - 0.7071068) / 2 = 0.0146447
+    assert lr_at(0.75, cfg) == pytest.approx(0.0146447, rel=1e-5)
+    assert lr_at(1.0, cfg) == pytest.approx(0.0, abs=1e-12)
+    # Without the cap the LR at 0.25 epoch would be 0.01 + (0 - 0.01) * 0.25 / 34, about 0.00993.
+    # A warm-up of exactly half the run, or less, is kept as given.
+    assert effective_warmup(2, 4) == 2.0
+    assert effective_warmup(34, 196) == 34.0

@@ -127,6 +127,10 @@ BAD = [
     ("data.class_names=7", "data.class_names"),
     ("train.output_dir=null", "train.output_dir"),
     ("test.output_dir={a: 1}", "test.output_dir"),
+    # the process-group timeout: seconds > 0
+    ("train.dist_timeout_s=0", "train.dist_timeout_s"),
+    ("train.dist_timeout_s=-5", "train.dist_timeout_s"),
+    ("train.dist_timeout_s=ten", "train.dist_timeout_s"),
 ]
 
 
@@ -172,6 +176,8 @@ GOOD = [
     ("train.seed=0", "train.seed", 0),
     ("test.precision=fp32", "test.precision", "fp32"),
     ("model.args={dropout: 0.5}", "model.args", {"dropout": 0.5}),
+    ("train.dist_timeout_s=5", "train.dist_timeout_s", 5),
+    ("train.dist_timeout_s=0.5", "train.dist_timeout_s", 0.5),
 ]
 
 

@@ -99,10 +99,10 @@ def memory_build_loader(cfg, split, *, rank=0, world_size=1, alpha=8):
 def run_train(argv: list[str]) -> dict:
     """What ``python train.py ARGV`` runs, returning the engine's summary (train.main returns the exit status)."""
     args = train.parse_args(argv)
-    cfg = config_from_args(args)
-    cfg.train.output_dir = args.output_dir
+    cfg = tr.resolve_config(args.config, args.override, resume_arg=args.resume, output_dir=args.output_dir)
     return tr.run_training(cfg, validate=args.validate, resume_from=args.resume, weights=args.weights,
-                           explicit_keys=overridden_keys(args.override), progress=args.progress)
+                           explicit_keys=overridden_keys(args.override), progress=args.progress,
+                           overwrite=args.overwrite)
 
 
 def _argv(output_dir: Path, *extra: str, epochs: int = 3) -> list[str]:
@@ -580,3 +580,140 @@ def test_compiled_training_step_matches_eager_on_cpu():
 
 if __name__ == "__main__":
     sys.exit(pytest.main([__file__, "-q"]))
+
+
+# ------------------------------------------------------------- warm-up cap, progress, summary, curves
+
+
+def test_a_warmup_longer_than_the_run_is_capped_with_one_warning(tmp_path, memory_data):
+    out = tmp_path / "short"
+    run_train(_argv(out, "-o", "train.warmup_epochs=34", epochs=1))
+    log_text = (out / "train.log").read_text()
+    assert log_text.count("train.warmup_epochs=34 is longer than 0.5 of train.epochs=1: warming up over 0.5 "
+                          "epochs instead") == 1
+    # base 0.8 * 2 / 16 = 0.1, start 0.08 * 2 / 16 = 0.01; 6 steps at epochs 0, 1/6, ..., 5/6. Warm-up to
+    # cosine(0.5) = 0.05 over 0.5 epoch, then 0.1 * (1 + cos(pi * e)) / 2.
+    expected = [0.01, 0.01 + 0.04 / 3, 0.01 + 0.08 / 3, 0.05, 0.025, 0.1 * (1 - math.sqrt(3) / 2) / 2]
+    assert [r["lr"] for r in _iter_records(out)] == pytest.approx(expected, rel=1e-9)
+
+
+def test_progress_on_stderr_and_no_progress_silences_it(tmp_path, memory_data, capsys):
+    assert run_cli(train.main, _argv(tmp_path / "shown", epochs=1)) == 0
+    err = capsys.readouterr().err.splitlines()
+    # stderr is no terminal here: each meter prints its final line (intermediate ones at most every 30 s)
+    assert [line.split(" batches")[0] for line in err] == [
+        "[TRAIN] epoch 1/1 6/6", "[precise BN] epoch 1 2/2", "[VAL] epoch 1 6/6"]
+    assert run_cli(train.main, _argv(tmp_path / "quiet", "--no-progress", epochs=1)) == 0
+    assert capsys.readouterr().err == ""
+
+
+def test_the_run_ends_with_a_summary_block(tmp_path, memory_data):
+    out = tmp_path / "run"
+    summary = run_train(_argv(out))
+    best = ckpt.load_checkpoint(out / "best.pt")["metrics"]
+    last = ckpt.load_checkpoint(out / "latest.pt")["metrics"]["val"]
+    lines = (out / "train.log").read_text().splitlines()
+    start = next(i for i, line in enumerate(lines) if "training finished:" in line)
+    block = [line.split(" INFO ", 1)[1] for line in lines[start:start + 5]]
+    assert block[0].startswith("training finished: 3 epoch(s), 18 iterations in 0:0")
+    assert block[0].endswith(f"wall time, {summary['clips_per_s']:.1f} training clips/s")
+    # 3 epochs x 12 clips over the summed epoch times
+    epochs = [r for r in map(json.loads, (out / "train_log.jsonl").read_text().splitlines()) if r["kind"] == "epoch"]
+    assert summary["clips_per_s"] == pytest.approx(36 / sum(r["time_s"] for r in epochs))
+    assert block[1] == (f"  best val top-1 {100 * best['best_top1']:.2f}% at epoch {best['best_epoch']}; final val "
+                        f"top-1 {100 * last['top1']:.2f}%, top-5 {100 * last['top5']:.2f}% (epoch 3)")
+    assert block[2] == f"  checkpoints: {out / 'latest.pt'}, {out / 'best.pt'}, {out / 'run_epoch_000003.pt'}"
+    assert block[3] == f"  logs: {out / 'train.log'}, {out / 'train_log.jsonl'}"
+    assert block[4] == f"  curves: {out / 'curves.png'}"
+
+
+def test_curves_png_is_written_after_every_epoch_with_every_epoch_on_it(tmp_path, memory_data, monkeypatch):
+    from matplotlib.image import imread
+
+    from engine import plots
+
+    drawn = []
+    real_write = plots.write_curves
+    monkeypatch.setattr(plots, "write_curves", lambda *a, **k: drawn.append(real_write(*a, **k)) or drawn[-1])
+    out = tmp_path / "run"
+    run_train(_argv(out))
+    png = (out / "curves.png").read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n"
+    assert imread(out / "curves.png").shape == (380, 1300, 4)  # figsize 13 x 3.8 at 100 dpi, RGBA
+    assert [series.epochs for _, series in drawn] == [[1], [1, 2], [1, 2, 3]]  # redrawn after each epoch
+    records = [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
+    series = drawn[-1][1]
+    assert series.train_loss == [r["loss"] for r in records if r["kind"] == "epoch"]
+    assert series.val_epochs == [1, 2, 3] and series.val_top1 == [r["top1"] for r in records if r["kind"] == "val"]
+    assert len(series.lr) == 18 and series.lr_x[:2] == pytest.approx([1 / 6, 2 / 6])
+    assert not [p for p in out.iterdir() if p.name.endswith(".tmp")]
+
+
+def test_curves_read_a_resumed_log_once_per_epoch(tmp_path):
+    from engine.plots import read_series
+
+    log_file = tmp_path / "train_log.jsonl"
+    lines = [
+        {"kind": "start", "epoch": 0},
+        {"kind": "epoch", "epoch": 1, "loss": 2.0, "top1": 0.1},
+        {"kind": "val", "epoch": 1, "loss": 2.1, "top1": 0.2, "top5": 0.5},
+        {"kind": "epoch", "epoch": 2, "loss": 1.5, "top1": 0.3},  # logged, then the process died before its save
+        {"kind": "start", "epoch": 1},  # resumed from epoch 1's checkpoint: epoch 2 is trained again
+        {"kind": "epoch", "epoch": 2, "loss": 1.4, "top1": 0.35},
+        {"kind": "epoch", "epoch": 3, "loss": 1.0, "top1": 0.5},
+    ]
+    log_file.write_text("\n".join(json.dumps(r) for r in lines) + "\n{\"kind\": \"ep")  # a line cut by a crash
+    series = read_series(log_file)
+    assert series.epochs == [1, 2, 3] and series.train_loss == [2.0, 1.4, 1.0]
+    assert series.val_epochs == [1] and series.val_top1 == [0.2]
+    # a fresh run (--overwrite) in the same folder starts the curves anew
+    with log_file.open("a") as handle:
+        handle.write("\n" + json.dumps({"kind": "start", "epoch": 0}) + "\n"
+                     + json.dumps({"kind": "epoch", "epoch": 1, "loss": 9.0, "top1": 0.0}) + "\n")
+    assert read_series(log_file).train_loss == [9.0]
+
+
+def test_without_matplotlib_the_curves_are_skipped_with_one_line(tmp_path, memory_data, monkeypatch):
+    monkeypatch.setitem(sys.modules, "matplotlib.backends.backend_agg", None)  # import fails
+    monkeypatch.setitem(sys.modules, "matplotlib.figure", None)
+    out = tmp_path / "run"
+    summary = run_train(_argv(out, epochs=2))
+    assert not (out / "curves.png").exists() and summary["curves"] is None
+    assert (out / "train.log").read_text().count("curves: skipped, matplotlib is not installed") == 1
+
+
+# ------------------------------------------------------------- the CPU recipe on a folder of your own videos
+
+
+def test_cpu_recipe_trains_on_a_folder_tree_with_two_commands(tmp_path):
+    """The two commands of the README's "Train on your own videos": prepare --from-tree, then train.py with the
+    CPU recipe and data.root alone; the class count comes from the generated classes.txt (3), not a config."""
+    import subprocess
+
+    from pipelines.synthetic import render_video, video_spec
+    from pipelines.video_io import write_video
+
+    root = tmp_path / "my videos"
+    for split, per_class in (("train", 2), ("val", 1)):
+        for label, name in enumerate(("cat", "dog", "fish")):
+            for i in range(per_class):
+                spec = video_spec(0, split, label * 10 + i, label, 48, 32, 12)
+                write_video(root / split / name / f"{name}_{i}.webm", render_video(spec), fps=30)
+    env = dict(os.environ, OMP_NUM_THREADS="1", CUDA_VISIBLE_DEVICES="")
+    repo = Path(__file__).resolve().parents[1]
+    prepare = subprocess.run([sys.executable, "-m", "pipelines.prepare", "--root", str(root), "--from-tree",
+                              "--quiet"], cwd=repo, env=env, capture_output=True, text=True, timeout=300)
+    assert prepare.returncode == 0, prepare.stderr
+    assert (root / "classes.txt").read_text().split() == ["cat", "dog", "fish"]
+    out = tmp_path / "run"
+    trained = subprocess.run(
+        [sys.executable, "train.py", "--validate", "--no-progress", "-c",
+         "configs/recognition/slowfast/slowfast_tiny_cpu.yaml", "-o", f"data.root={root}", "-o", "train.epochs=1",
+         "-o", "data.batch_size=2", "-o", "data.num_workers=0", "-o", "train.precise_bn_batches=1",
+         "--output-dir", str(out)], cwd=repo, env=env, capture_output=True, text=True, timeout=600)
+    assert trained.returncode == 0, trained.stdout[-3000:] + trained.stderr[-3000:]
+    state = ckpt.load_checkpoint(out / "latest.pt")
+    assert state["model_name"] == "slowfast_tiny" and state["model_args"]["num_classes"] == 3
+    assert state["config"]["data"]["train_list"] == str(root / "train.list")
+    assert state["config"]["data"]["backend"] == "pyav" and state["epoch"] == 1
+    assert (out / "best.pt").is_file() and (out / "curves.png").is_file()
