@@ -1,7 +1,7 @@
 """How video reaches the model: one contract, several backends.
 
-``build_loader(cfg, split, rank=0, world_size=1, alpha=8, records=None)`` returns an iterable loader for
-``split`` in ``{"train", "val", "test"}``; ``cfg.data.backend`` picks the backend:
+``build_loader(cfg, split, rank=0, world_size=1, alpha=8, records=None, imported_weights=False)`` returns an
+iterable loader for ``split`` in ``{"train", "val", "test"}``; ``cfg.data.backend`` picks the backend:
 
 - ``pyav``: PyAV decoding in torch DataLoader workers, CPU transforms (the baseline, and the fallback
   for codecs DALI's CPU decoder cannot read), ``pipelines/pyav_loader.py``.
@@ -58,7 +58,7 @@ def available_backends() -> dict[str, str]:
 
 
 def build_loader(cfg: Any, split: str, *, rank: int = 0, world_size: int = 1, alpha: int = 8,
-                 records: Optional[list] = None, **kwargs: Any):
+                 records: Optional[list] = None, imported_weights: bool = False, **kwargs: Any):
     """The loader for ``split`` under ``cfg``: a :class:`pipelines.base.VideoLoader` of ``cfg.data.backend``.
 
     Args:
@@ -67,9 +67,12 @@ def build_loader(cfg: Any, split: str, *, rank: int = 0, world_size: int = 1, al
         rank, world_size: this process's shard.
         alpha: the SlowFast speed ratio (the slow pathway's frames).
         records: the videos (default: the split's list, with its index when present).
+        imported_weights: the model evaluates weights imported from another project, not trained here:
+            resolves ``data.resize_antialias: auto`` to no antialiasing (the references' resize); see
+            :meth:`pipelines.base.LoaderSettings.from_config`.
         **kwargs: backend options (DALI: ``decode_per_view``).
     """
     if split not in SPLITS:
         raise ValueError(f"split={split!r} is unknown; choose one of {SPLITS}")
     return _factory(cfg.data.backend)(cfg, split, rank=rank, world_size=world_size, alpha=alpha, records=records,
-                                      **kwargs)
+                                      imported_weights=imported_weights, **kwargs)

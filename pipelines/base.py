@@ -23,7 +23,10 @@ to ``num_videos // w`` (full batches only, ``len() = shard // batch``); evaluati
 over the ranks, padded with ``-1`` slots to ``ceil(num_videos / w)`` per rank (``len() = ceil(shard /
 batch)``), a padding slot showing video 0. Each video's frame indices and crops come from
 :meth:`VideoLoader.plan` (``pipelines.sampling`` with ``clip_rng(seed, epoch, video_index)``), the same
-for every backend, worker and rank.
+for every backend, worker and rank. Validation is the centred clip (``train.val_sampling: centred``) or
+drawn like training from its own per-clip stream (``reference``, as PySlowFast validates); test views follow
+``test.clip_rule``; frames are resized with or without antialiasing as ``LoaderSettings.antialias`` says
+(``data.resize_antialias``, ``auto`` resolved by the caller's ``imported_weights``).
 
 Undecodable videos (unreadable, corrupt, or not probeable when the list has no index): recorded once in
 ``loader.failures`` (dicts ``index``, ``path``, ``error``), logged once, and never decoded again by this
@@ -85,16 +88,26 @@ log = logging.getLogger(__name__)
 
 # the fourth seed word of the replacement stream: clip_rng uses (seed, epoch, video_index), so this stream
 # is independent of the clip draws
-_REPLACEMENT_STREAM = 1
+_REPLACEMENT_STREAM = sampling.REPLACEMENT_STREAM
 
 
 class NoDecodableVideo(UserError, RuntimeError):
     """Every video a slot could be filled with failed to decode; the message names the last failure."""
 
 
+class UnsupportedProtocol(UserError, ValueError):
+    """A test protocol the chosen rule does not define (e.g. more than 3 crops under ``reference``)."""
+
+
 @dataclass(frozen=True)
 class LoaderSettings:
-    """What a loader takes from the configuration (``cfg.data``, ``cfg.test``, ``cfg.model``)."""
+    """What a loader takes from the configuration (``cfg.data``, ``cfg.test``, ``cfg.train``, ``cfg.model``).
+
+    The test protocol: ``clip_rule`` (``test.clip_rule``: ``reference`` | ``spread``, see
+    :mod:`pipelines.sampling`), ``val_sampling`` (``train.val_sampling``: ``centred`` | ``reference``) and
+    ``antialias`` (``data.resize_antialias`` resolved to a bool by :meth:`from_config`: whether a downscale
+    is antialiased; both backends honour it).
+    """
 
     seed: int = 0
     num_frames: int = 32
@@ -115,9 +128,21 @@ class LoaderSettings:
     channels_last: bool = True
     num_workers: Optional[int] = None
     prefetch: int = 2
+    clip_rule: str = "reference"
+    val_sampling: str = "centred"
+    antialias: bool = True
 
     @classmethod
-    def from_config(cls, cfg: Any) -> "LoaderSettings":
+    def from_config(cls, cfg: Any, *, imported_weights: bool = False) -> "LoaderSettings":
+        """The settings of ``cfg``.
+
+        Args:
+            cfg: the resolved configuration.
+            imported_weights: the model evaluates weights imported from another project (PySlowFast,
+                pytorchvideo, PaddleVideo, Caffe2), not trained here; resolves ``data.resize_antialias:
+                auto`` to ``False`` (the references resize bilinear without antialiasing, so their weights
+                saw unantialiased frames), else ``True``. Ignored when the key is ``true`` or ``false``.
+        """
         data, test = cfg.data, cfg.test
         short = data.train_short_side
         short = (int(short[0]), int(short[1])) if isinstance(short, (list, tuple)) else (int(short),) * 2
@@ -131,7 +156,24 @@ class LoaderSettings:
             batch_size=int(data.batch_size), test_batch_size=int(test.batch_size),
             channels_last=bool(cfg.model.channels_last),
             num_workers=None if data.num_workers is None else int(data.num_workers),
-            prefetch=max(int(data.prefetch or 1), 1))
+            prefetch=max(int(data.prefetch or 1), 1),
+            clip_rule=str(test.clip_rule), val_sampling=str(cfg.train.val_sampling),
+            antialias=resolve_antialias(data.resize_antialias, imported_weights))
+
+
+def resolve_antialias(setting: Any, imported_weights: bool = False) -> bool:
+    """``data.resize_antialias`` as a bool: ``true``/``false`` as set; ``auto`` = off for imported weights.
+
+    Args:
+        setting: ``True``, ``False`` or ``"auto"``.
+        imported_weights: whether the weights being evaluated come from another project (see
+            :meth:`LoaderSettings.from_config`).
+    """
+    if isinstance(setting, bool):
+        return setting
+    if setting == "auto":
+        return not imported_weights
+    raise ValueError(f"data.resize_antialias={setting!r} is not allowed; choose auto, true or false")
 
 
 @dataclass
@@ -282,6 +324,16 @@ class VideoLoader:
             raise ValueError(f"rank {rank} is outside [0, world_size={world_size})")
         if settings.num_frames % int(alpha):
             raise ValueError(f"data.num_frames={settings.num_frames} must be a multiple of alpha={alpha}")
+        if settings.clip_rule not in sampling.CLIP_RULES:
+            raise ValueError(f"test.clip_rule={settings.clip_rule!r} is unknown; choose one of {sampling.CLIP_RULES}")
+        if settings.val_sampling not in sampling.VAL_SAMPLINGS:
+            raise ValueError(f"train.val_sampling={settings.val_sampling!r} is unknown; choose one of "
+                             f"{sampling.VAL_SAMPLINGS}")
+        if split == "test":
+            try:  # before any video is touched: a protocol the reference does not define is refused here
+                sampling.crop_positions(settings.num_crops, settings.clip_rule)
+            except ValueError as err:
+                raise UnsupportedProtocol(str(err)) from None
         self.split = split
         self.root = Path(root)
         self.settings = settings
@@ -292,7 +344,9 @@ class VideoLoader:
         self.num_clips = settings.num_clips if split == "test" else 1
         self.num_crops = settings.num_crops if split == "test" else 1
         self.views = self.num_clips * self.num_crops
-        self.crop = {"train": settings.train_crop, "val": settings.val_crop, "test": settings.test_crop}[split]
+        # validation drawn like training (train.val_sampling: reference) cuts the training crop, as PySlowFast
+        val_crop = settings.train_crop if settings.val_sampling == "reference" else settings.val_crop
+        self.crop = {"train": settings.train_crop, "val": val_crop, "test": settings.test_crop}[split]
         self.slow_positions = sampling.slow_indices(settings.num_frames, self.alpha)
         self.failures: list[dict[str, Any]] = []
         self.rotated: dict[int, int] = {}  # record index -> degrees, for videos delivered unrotated
@@ -332,8 +386,10 @@ class VideoLoader:
         """The frames and crops of ``video_index`` in ``epoch`` (``-1``: a padding slot, showing video 0).
 
         Train: ``clip_rng(seed, epoch, video)`` draws the frame indices first, then scale, crop and flip.
-        Val: the centred clip, centred crop at ``test_short_side``. Test: ``num_clips`` clips x
-        ``num_crops`` crops. A video without geometry (it could not be probed) gets an empty plan;
+        Val: ``train.val_sampling: centred``: the centred clip, centred ``val_crop`` at ``test_short_side``;
+        ``reference``: drawn like training (random clip, scale in ``train_short_side``, ``train_crop``,
+        flip), from ``clip_rng(seed, epoch, video, VAL_STREAM)``. Test: ``num_clips`` clips x ``num_crops``
+        crops under ``test.clip_rule``. A video without geometry (it could not be probed) gets an empty plan;
         :meth:`resolve` never hands such a plan out.
         """
         s = self.settings
@@ -345,8 +401,9 @@ class VideoLoader:
         if not _has_geometry(record, need_codec=False):
             return plan
         timing = dict(num_frames=s.num_frames, sampling_rate=s.sampling_rate, target_fps=s.target_fps)
-        if self.split == "train":
-            rng = sampling.clip_rng(s.seed, epoch, record_index)
+        if self.split == "train" or (self.split == "val" and s.val_sampling == "reference"):
+            stream = sampling.TRAIN_STREAM if self.split == "train" else sampling.VAL_STREAM
+            rng = sampling.clip_rng(s.seed, epoch, record_index, stream)
             plan.clips = sampling.train_clip_indices(record.num_frames, record.fps, rng, **timing)[None]
             plan.crops = [sampling.train_spatial_params(record.height, record.width, rng, s.train_short_side,
                                                         self.crop, s.train_flip)]
@@ -354,9 +411,10 @@ class VideoLoader:
             plan.clips = sampling.val_clip_indices(record.num_frames, record.fps, **timing)[None]
             plan.crops = [sampling.val_spatial_params(record.height, record.width, s.test_short_side, self.crop)]
         else:
-            plan.clips = sampling.test_clip_indices(record.num_frames, record.fps, self.num_clips, **timing)
+            plan.clips = sampling.test_clip_indices(record.num_frames, record.fps, self.num_clips, **timing,
+                                                    rule=s.clip_rule)
             plan.crops = sampling.test_spatial_params(record.height, record.width, s.test_short_side, self.crop,
-                                                      self.num_crops)
+                                                      self.num_crops, rule=s.clip_rule)
         return plan
 
     def epoch_batches(self, epoch: Optional[int] = None) -> list[list[ClipPlan]]:

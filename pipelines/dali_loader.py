@@ -141,12 +141,14 @@ class DaliVideoLoader(VideoLoader):
         rank, world_size, alpha: as :class:`pipelines.base.VideoLoader`.
         records: the split's videos.
         decode_per_view: test only; decode every (clip, crop) view separately instead of each video once.
+        imported_weights: the weights come from another project (resolves ``data.resize_antialias: auto``,
+            see :meth:`pipelines.base.LoaderSettings.from_config`).
     """
 
     needs_codec = True
 
     def __init__(self, cfg: Any, split: str, *, rank: int, world_size: int, alpha: int,
-                 records: list[VideoRecord], decode_per_view: bool = False) -> None:
+                 records: list[VideoRecord], decode_per_view: bool = False, imported_weights: bool = False) -> None:
         data = cfg.data
         self.placement = str(data.device)
         if self.placement not in ("gpu", "cpu"):
@@ -161,7 +163,8 @@ class DaliVideoLoader(VideoLoader):
         self._dtype_name = str(data.dtype) if self.placement == "gpu" else "fp32"
         if self._dtype_name not in TORCH_DTYPES:
             raise ValueError(f"data.dtype={self._dtype_name!r} is unknown; choose one of {sorted(TORCH_DTYPES)}")
-        super().__init__(records, data.root, split, settings=LoaderSettings.from_config(cfg), rank=rank,
+        settings = LoaderSettings.from_config(cfg, imported_weights=imported_weights)
+        super().__init__(records, data.root, split, settings=settings, rank=rank,
                          world_size=world_size, alpha=alpha)
         _check_codecs([r for i, r in enumerate(self.records) if not self.is_bad(i)], self.root, self.placement)
         self.dtype = TORCH_DTYPES[self._dtype_name]
@@ -281,7 +284,8 @@ class DaliVideoLoader(VideoLoader):
         return build_video_pipeline(
             source, placement=self.placement, batch_size=max_samples, num_threads=self.num_threads,
             device_id=self.device_id, prefetch=self.prefetch, mean=self.settings.mean, std=self.settings.std,
-            output_type=DALI_OUTPUT_TYPES[self._dtype_name], cut_clips=not self.decode_once)
+            output_type=DALI_OUTPUT_TYPES[self._dtype_name], cut_clips=not self.decode_once,
+            antialias=self.settings.antialias)
 
     # ---------------------------------------------------------------- faults
     def _recover(self, err: RuntimeError, batches: list[list[ClipPlan]]) -> None:
@@ -439,7 +443,7 @@ def _check_codecs(records: list[VideoRecord], root: Path, placement: str) -> Non
 
 def build_dali_loader(cfg: Any, split: str, *, rank: int = 0, world_size: int = 1, alpha: int = 8,
                       records: Optional[list[VideoRecord]] = None,
-                      decode_per_view: bool = False) -> DaliVideoLoader:
+                      decode_per_view: bool = False, imported_weights: bool = False) -> DaliVideoLoader:
     """The DALI loader for ``split`` (contract: :class:`pipelines.base.VideoLoader`).
 
     Args:
@@ -451,10 +455,11 @@ def build_dali_loader(cfg: Any, split: str, *, rank: int = 0, world_size: int = 
         records: the videos (default: read from the split's list, with its index when present).
         decode_per_view: test only; decode every (clip, crop) view separately, as PySlowFast and
             PaddleVideo do, instead of decoding each video once (for benchmarks and equality tests).
+        imported_weights: the weights come from another project (resolves ``data.resize_antialias: auto``).
     """
     if split not in LIST_KEYS:
         raise ValueError(f"split={split!r} is unknown; choose one of {sorted(LIST_KEYS)}")
     if records is None:
         records = load_records(cfg.data[LIST_KEYS[split]], Path(cfg.data.root), int(cfg.model.num_classes))
     return DaliVideoLoader(cfg, split, rank=rank, world_size=world_size, alpha=alpha, records=records,
-                           decode_per_view=decode_per_view)
+                           decode_per_view=decode_per_view, imported_weights=imported_weights)

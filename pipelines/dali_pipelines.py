@@ -48,6 +48,7 @@ def build_video_pipeline(
     std: Sequence[float],
     output_type: types.DALIDataType,
     cut_clips: bool = True,
+    antialias: bool = True,
 ) -> Pipeline:
     """A built DALI pipeline that decodes and augments what ``source`` describes.
 
@@ -63,6 +64,8 @@ def build_video_pipeline(
         mean, std: per-channel normalisation on [0, 1] pixels.
         output_type: DALI type of the normalised output (see ``DALI_OUTPUT_TYPES``).
         cut_clips: cut the crop (and flip) in DALI, or emit the whole resized frames.
+        antialias: antialias a downscale (``LoaderSettings.antialias``); ``False`` is the references'
+            plain bilinear resize.
     """
     if placement not in ("gpu", "cpu"):
         raise ValueError(f"placement {placement!r} is unknown; choose 'gpu' or 'cpu'")
@@ -86,10 +89,11 @@ def build_video_pipeline(
         # pad_mode="edge": a frame index past the real end (an index whose frame count over-estimates
         # the stream) repeats the last frame, as the PyAV baseline's clamping does
         video = fn.decoders.video(encoded, device=decoder_device, frames=frames, pad_mode="edge")
-        # the whole frame to (resize_h, resize_w): bilinear with antialiasing when shrinking, as
-        # torch's interpolate(mode="bilinear", antialias=True, align_corners=False) in the baseline
+        # the whole frame to (resize_h, resize_w), bilinear at pixel centres, as torch's
+        # interpolate(mode="bilinear", align_corners=False, antialias=antialias) in the baseline: with
+        # antialias=True a downscale filters over the shrunk footprint, without it samples 2x2 neighbours
         video = fn.resize(video, resize_y=resize_h, resize_x=resize_w,
-                          interp_type=types.INTERP_LINEAR, antialias=True)
+                          interp_type=types.INTERP_LINEAR, antialias=bool(antialias))
         mirror = 0
         if cut_clips:
             crop_start, crop_shape, flip = inputs[4:]

@@ -216,7 +216,8 @@ class PyAVLoader(VideoLoader):
         union, inverse = np.unique(plan.clips.reshape(-1), return_inverse=True)
         decoded, rotation = decode_clip(self.path(plan.record_index), union)
         frames = decoded[inverse.reshape(plan.clips.shape)]  # (num_clips, T, H, W, 3)
-        views = torch.stack([apply_spatial(clip, params, s.mean, s.std) for clip in frames for params in plan.crops])
+        views = torch.stack([apply_spatial(clip, params, s.mean, s.std, s.antialias)
+                             for clip in frames for params in plan.crops])
         return (views, rotation) if with_rotation else views
 
     def _collate(self, items: list[dict[str, Any]]):
@@ -251,7 +252,7 @@ class PyAVLoader(VideoLoader):
 
 
 def build_pyav_loader(cfg: Any, split: str, *, rank: int = 0, world_size: int = 1, alpha: int = 8,
-                      records: Optional[list[VideoRecord]] = None) -> PyAVLoader:
+                      records: Optional[list[VideoRecord]] = None, imported_weights: bool = False) -> PyAVLoader:
     """The PyAV loader for ``split`` under ``cfg`` (contract: :class:`pipelines.base.VideoLoader`).
 
     Args:
@@ -260,11 +261,14 @@ def build_pyav_loader(cfg: Any, split: str, *, rank: int = 0, world_size: int = 
         rank: this process's rank; ``world_size``: the number of ranks.
         alpha: the SlowFast speed ratio (slow pathway = every alpha-th fast frame, linspace rule).
         records: use these records instead of reading ``cfg.data.<split>_list``.
+        imported_weights: the weights come from another project (resolves ``data.resize_antialias: auto``,
+            see :meth:`pipelines.base.LoaderSettings.from_config`).
     """
     if split not in SPLITS:
         raise ValueError(f"split={split!r} is unknown; choose one of {SPLITS}")
     root = Path(cfg.data.root)
     if records is None:
         records = load_records(cfg.data[f"{split}_list"], root, int(cfg.model.num_classes))
-    return PyAVLoader(records, root, split, settings=LoaderSettings.from_config(cfg), rank=rank,
+    settings = LoaderSettings.from_config(cfg, imported_weights=imported_weights)
+    return PyAVLoader(records, root, split, settings=settings, rank=rank,
                       world_size=world_size, alpha=alpha)

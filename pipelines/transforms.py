@@ -19,16 +19,20 @@ def apply_spatial(
     params: SpatialParams,
     mean: Sequence[float] = (0.45, 0.45, 0.45),
     std: Sequence[float] = (0.225, 0.225, 0.225),
+    antialias: bool = True,
 ) -> torch.Tensor:
     """Resize, crop, flip and normalise one clip.
 
     Args:
         frames: uint8 clip, (T, H, W, 3) RGB, numpy or torch.
         params: the whole frame is resized to ``(params.resize_h, params.resize_w)`` (bilinear,
-            antialiased, ``align_corners=False``), then the ``crop`` x ``crop`` square at
-            ``(params.y, params.x)`` is cut out and, if ``params.flip``, mirrored left-right.
+            ``align_corners=False``; not at all when it already has that size), then the ``crop`` x ``crop``
+            square at ``(params.y, params.x)`` is cut out and, if ``params.flip``, mirrored left-right.
         mean: per-channel mean on [0, 1] pixels.
         std: per-channel standard deviation on [0, 1] pixels.
+        antialias: antialias a downscale (torch's ``antialias=True``); ``False`` is the references' resize
+            (PySlowFast ``random_short_side_scale_jitter``: ``interpolate(mode="bilinear",
+            align_corners=False)``). An upscale is the same either way.
 
     Returns:
         float32 tensor (3, T, crop, crop) holding ``(pixel / 255 - mean) / std``.
@@ -46,7 +50,7 @@ def apply_spatial(
     clip = clip.permute(0, 3, 1, 2).float()
     if (clip.shape[-2], clip.shape[-1]) != (params.resize_h, params.resize_w):
         clip = F.interpolate(clip, size=(params.resize_h, params.resize_w), mode="bilinear",
-                             align_corners=False, antialias=True)
+                             align_corners=False, antialias=bool(antialias))
     clip = clip[:, :, params.y: params.y + crop, params.x: params.x + crop]
     if params.flip:
         clip = clip.flip(-1)

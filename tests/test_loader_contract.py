@@ -100,14 +100,15 @@ def frame_numbers(clip: torch.Tensor) -> list[int]:
     return [int(round(pixels[t, ..., 0].mean(axis=0).max() / 4)) for t in range(pixels.shape[0])]
 
 
-def expected_clips(split, record, video_index, epoch):
+def expected_clips(split, record, video_index, epoch, val_sampling="centred", clip_rule="reference"):
     timing = dict(num_frames=T, sampling_rate=2, target_fps=30.0)
-    if split == "train":
-        rng = sampling.clip_rng(SEED, epoch, video_index)
+    if split == "train" or (split == "val" and val_sampling == "reference"):
+        stream = sampling.TRAIN_STREAM if split == "train" else sampling.VAL_STREAM
+        rng = sampling.clip_rng(SEED, epoch, video_index, stream)
         return sampling.train_clip_indices(record.num_frames, record.fps, rng, **timing)[None]
     if split == "val":
         return sampling.val_clip_indices(record.num_frames, record.fps, **timing)[None]
-    return sampling.test_clip_indices(record.num_frames, record.fps, 2, **timing)
+    return sampling.test_clip_indices(record.num_frames, record.fps, 2, **timing, rule=clip_rule)
 
 
 def expected_replacement(num_videos, epoch, video_index, bad):
@@ -152,6 +153,41 @@ def test_frames_layout_and_length(backend, videos, split):
     else:
         assert sorted(seen) == list(range(len(records)))
     assert loader.failures == []
+
+
+def test_val_reference_sampling_draws_like_training(backend, videos):
+    """train.val_sampling=reference: a random clip, scale, train_crop and flip per video and epoch, the same
+    for every backend (its own per-clip stream, VAL_STREAM)."""
+    data = videos(backend[2])
+    records = data[1]
+    # val_crop 32 would be the centred crop's size; the reference validates with the training crop (40)
+    loader = make_loader(backend, data, "val", "train.val_sampling=reference", "data.val_crop=32")
+    delivered = {}
+    for epoch in (1, 2):
+        loader.set_epoch(epoch)
+        for _, fast, labels, video_index in collect(loader):
+            assert fast.shape[-3:] == (T, 40, 40)
+            for j, vi in enumerate(video_index.tolist()):
+                clip = expected_clips("val", records[vi], vi, epoch, val_sampling="reference")[0].tolist()
+                assert frame_numbers(fast[j]) == clip
+                rng = sampling.clip_rng(SEED, epoch, vi, sampling.VAL_STREAM)
+                sampling.train_clip_indices(records[vi].num_frames, records[vi].fps, rng, T, 2, 30.0)
+                crop = sampling.train_spatial_params(HEIGHT, WIDTH, rng, (40, 44), 40)
+                assert loader.plan(vi, epoch).crops == [crop]
+                delivered[epoch, vi] = clip
+    assert sorted(vi for (e, vi) in delivered if e == 1) == list(range(len(records)))
+    assert any(delivered[1, vi] != delivered[2, vi] for vi in range(len(records))), "epochs draw anew"
+
+
+def test_test_clip_rule_spread(backend, videos):
+    data = videos(backend[2])
+    records = data[1]
+    loader = make_loader(backend, data, "test", "test.clip_rule=spread")
+    for _, fast, _, video_index in collect(loader):
+        for j, vi in enumerate(video_index.tolist()):
+            clips = expected_clips("test", records[vi], vi, 0, clip_rule="spread")
+            for v in range(6):
+                assert frame_numbers(fast[j * 6 + v]) == clips[v // 3].tolist()
 
 
 def test_channels_last_off_gives_contiguous_ncthw(backend, videos):
@@ -296,11 +332,13 @@ def test_unindexed_list_with_a_corrupt_file_behaves_like_an_indexed_one(backend,
 # ------------------------------------------------------------------------------------------ pixel parity
 
 @pytest.mark.parametrize("backend", BACKENDS[1:])  # every backend but the baseline itself
+@pytest.mark.parametrize("protocol", [(), ("train.val_sampling=reference", "data.resize_antialias=false")],
+                         ids=["default", "reference-val-no-antialias"])
 @pytest.mark.parametrize("split", ["train", "val", "test"])
-def test_pixels_match_the_pyav_baseline(backend, videos, split):
+def test_pixels_match_the_pyav_baseline(backend, videos, split, protocol):
     data = videos(backend[2])
-    ours = collect(make_loader(backend, data, split))
-    theirs = collect(make_loader(("pyav", "cpu", backend[2]), data, split))
+    ours = collect(make_loader(backend, data, split, *protocol))
+    theirs = collect(make_loader(("pyav", "cpu", backend[2]), data, split, *protocol))
     assert len(ours) == len(theirs) > 0
     for (os_, of, ol, ov), (ps, pf, pl, pv) in zip(ours, theirs):
         assert torch.equal(ov.cpu(), pv) and torch.equal(ol.cpu(), pl)

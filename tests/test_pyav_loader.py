@@ -214,9 +214,37 @@ def test_loader_frames_are_the_sampled_frames(numbered_video, tiny_config, probe
     assert [frame_number(f) for f in _pixels(fast[0]).round().astype(np.uint8)] == [17, 19, 21, 23, 25, 27, 29, 32]
     assert labels.tolist() == [3]
     (_, fast), _, _ = next(iter(build_pyav_loader(cfg, "test", alpha=4, records=records)))
-    # two test clips: starts 0 and 34
+    # two test clips, span 16, delta 34: the reference rule starts them at 34 * i / 2 = 0 and 17
+    numbers = [[frame_number(f) for f in _pixels(view).round().astype(np.uint8)] for view in fast]
+    assert numbers == [[0, 2, 4, 6, 8, 10, 12, 15], [17, 19, 21, 23, 25, 27, 29, 32]]
+    spread = tiny_config(f"data.root={path.parent}", "test.num_crops=1", "test.clip_rule=spread")
+    (_, fast), _, _ = next(iter(build_pyav_loader(spread, "test", alpha=4, records=records)))
+    # test.clip_rule=spread: from the first possible start to the last, 0 and 34
     numbers = [[frame_number(f) for f in _pixels(view).round().astype(np.uint8)] for view in fast]
     assert numbers == [[0, 2, 4, 6, 8, 10, 12, 15], [34, 36, 38, 40, 42, 44, 46, 49]]
+
+
+def test_resize_antialias_setting_reaches_the_transform(numbered_video, tiny_config):
+    """``data.resize_antialias`` (auto resolved by ``imported_weights``) picks the resize of every view."""
+    path = numbered_video("vp9", num_frames=50)
+    records = [VideoRecord(path.name, 0, 50, 30.0, 64, 48)]
+    # 64x48 at short side 40: a downscale, where antialiasing matters
+    base = [f"data.root={path.parent}", "test.num_crops=1", "data.test_short_side=40", "data.test_crop=40",
+            "data.val_crop=40"]
+    plan = None
+    outputs = {}
+    for setting, imported in [("auto", False), ("auto", True), ("true", True), ("false", False)]:
+        cfg = tiny_config(*base, f"data.resize_antialias={setting}")
+        loader = build_pyav_loader(cfg, "val", alpha=4, records=records, imported_weights=imported)
+        plan = loader.plan(0)
+        (_, fast), _, _ = next(iter(loader))
+        outputs[setting, imported] = fast[0]
+    frames = decode_frames(path, plan.clips[0])
+    with_aa = apply_spatial(frames, plan.crops[0], MEAN, STD, antialias=True)
+    without = apply_spatial(frames, plan.crops[0], MEAN, STD, antialias=False)
+    assert not torch.equal(with_aa, without)
+    assert torch.equal(outputs["auto", False], with_aa) and torch.equal(outputs["true", True], with_aa)
+    assert torch.equal(outputs["auto", True], without) and torch.equal(outputs["false", False], without)
 
 
 @pytest.fixture
