@@ -14,6 +14,7 @@ from torch import nn
 import models
 from configs import ConfigError
 from engine.checkpoint import CheckpointError, read_model_spec
+from models.checkpoint_format import FORMAT_NAME
 
 log = logging.getLogger(__name__)
 
@@ -84,6 +85,7 @@ def build_model(cfg: Any, device: torch.device, weights: Optional[str | os.PathL
         model, report = models.load_pretrained(str(weights))
         log.info("weights: %s fits %s with %d classes (built from the file): %s", weights, model.model_name,
                  model.arch.num_classes, report.summary())
+        model.weights_format = report.source_format
         check_finite_weights(model, weights)
         cfg.model.name, cfg.model.num_classes = model.model_name, model.arch.num_classes
         apply_input_conventions(cfg, model)
@@ -94,11 +96,22 @@ def build_model(cfg: Any, device: torch.device, weights: Optional[str | os.PathL
         # reinit_head only acts when the file's classifier has another class count (fine-tuning).
         report = models.load_weights(model, str(weights), strict=True, reinit_head=not arch_from_checkpoint)
         log.info("weights: %s", report.summary())
+        model.weights_format = report.source_format
         check_finite_weights(model, weights)
         if report.reinitialized:
             log.info("weights: the classifier (%s) was re-initialised for model.num_classes=%d (fine-tuning)",
                      ", ".join(report.reinitialized), cfg.model.num_classes)
     return place_model(model, device, bool(cfg.model.channels_last))
+
+
+def loader_inputs(model: nn.Module) -> dict:
+    """What a loader must know of the model it feeds (``pipelines.build_loader`` keywords): its ``alpha``, which
+    Fast frames its Slow pathway takes (``arch.slow_sampling``), and whether its weights were imported from
+    another project (``imported_weights``: ``data.resize_antialias: auto`` then resizes as the references do)."""
+    bare = models.unwrap_model(model)
+    source = getattr(bare, "weights_format", None)
+    return {"alpha": int(bare.arch.alpha), "slow_sampling": str(bare.arch.slow_sampling),
+            "imported_weights": source is not None and source != FORMAT_NAME}
 
 
 def apply_input_conventions(cfg: Any, model: nn.Module) -> None:

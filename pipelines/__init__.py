@@ -58,7 +58,8 @@ def available_backends() -> dict[str, str]:
 
 
 def build_loader(cfg: Any, split: str, *, rank: int = 0, world_size: int = 1, alpha: int = 8,
-                 records: Optional[list] = None, imported_weights: bool = False, **kwargs: Any):
+                 records: Optional[list] = None, imported_weights: bool = False, slow_sampling: str = "linspace",
+                 **kwargs: Any):
     """The loader for ``split`` under ``cfg``: a :class:`pipelines.base.VideoLoader` of ``cfg.data.backend``.
 
     Args:
@@ -70,9 +71,10 @@ def build_loader(cfg: Any, split: str, *, rank: int = 0, world_size: int = 1, al
         imported_weights: the model evaluates weights imported from another project, not trained here:
             resolves ``data.resize_antialias: auto`` to no antialiasing (the references' resize); see
             :meth:`pipelines.base.LoaderSettings.from_config`.
+        slow_sampling: the model's ``arch.slow_sampling`` (which Fast frames the Slow pathway takes).
         **kwargs: backend options (DALI: ``decode_per_view``).
     """
     if split not in SPLITS:
         raise ValueError(f"split={split!r} is unknown; choose one of {SPLITS}")
     return _factory(cfg.data.backend)(cfg, split, rank=rank, world_size=world_size, alpha=alpha, records=records,
-                                      imported_weights=imported_weights, **kwargs)
+                                      imported_weights=imported_weights, slow_sampling=slow_sampling, **kwargs)

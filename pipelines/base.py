@@ -131,9 +131,11 @@ class LoaderSettings:
     clip_rule: str = "reference"
     val_sampling: str = "centred"
     antialias: bool = True
+    slow_sampling: str = "linspace"
 
     @classmethod
-    def from_config(cls, cfg: Any, *, imported_weights: bool = False) -> "LoaderSettings":
+    def from_config(cls, cfg: Any, *, imported_weights: bool = False,
+                    slow_sampling: str = "linspace") -> "LoaderSettings":
         """The settings of ``cfg``.
 
         Args:
@@ -142,6 +144,8 @@ class LoaderSettings:
                 pytorchvideo, PaddleVideo, Caffe2), not trained here; resolves ``data.resize_antialias:
                 auto`` to ``False`` (the references resize bilinear without antialiasing, so their weights
                 saw unantialiased frames), else ``True``. Ignored when the key is ``true`` or ``false``.
+            slow_sampling: which Fast frames the Slow pathway takes, the model's ``arch.slow_sampling``
+                (:func:`pipelines.sampling.slow_indices`): ``linspace`` (PySlowFast) or ``nearest`` (MMAction2).
         """
         data, test = cfg.data, cfg.test
         short = data.train_short_side
@@ -157,7 +161,7 @@ class LoaderSettings:
             channels_last=bool(cfg.model.channels_last),
             num_workers=None if data.num_workers is None else int(data.num_workers),
             prefetch=max(int(data.prefetch or 1), 1),
-            clip_rule=str(test.clip_rule), val_sampling=str(cfg.train.val_sampling),
+            clip_rule=str(test.clip_rule), val_sampling=str(cfg.train.val_sampling), slow_sampling=str(slow_sampling),
             antialias=resolve_antialias(data.resize_antialias, imported_weights))
 
 
@@ -347,7 +351,7 @@ class VideoLoader:
         # validation drawn like training (train.val_sampling: reference) cuts the training crop, as PySlowFast
         val_crop = settings.train_crop if settings.val_sampling == "reference" else settings.val_crop
         self.crop = {"train": settings.train_crop, "val": val_crop, "test": settings.test_crop}[split]
-        self.slow_positions = sampling.slow_indices(settings.num_frames, self.alpha)
+        self.slow_positions = sampling.slow_indices(settings.num_frames, self.alpha, settings.slow_sampling)
         self.failures: list[dict[str, Any]] = []
         self.rotated: dict[int, int] = {}  # record index -> degrees, for videos delivered unrotated
         self._rotation_checked: set[int] = set()

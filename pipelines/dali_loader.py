@@ -148,7 +148,8 @@ class DaliVideoLoader(VideoLoader):
     needs_codec = True
 
     def __init__(self, cfg: Any, split: str, *, rank: int, world_size: int, alpha: int,
-                 records: list[VideoRecord], decode_per_view: bool = False, imported_weights: bool = False) -> None:
+                 records: list[VideoRecord], decode_per_view: bool = False, imported_weights: bool = False,
+                 slow_sampling: str = "linspace") -> None:
         data = cfg.data
         self.placement = str(data.device)
         if self.placement not in ("gpu", "cpu"):
@@ -163,7 +164,7 @@ class DaliVideoLoader(VideoLoader):
         self._dtype_name = str(data.dtype) if self.placement == "gpu" else "fp32"
         if self._dtype_name not in TORCH_DTYPES:
             raise ValueError(f"data.dtype={self._dtype_name!r} is unknown; choose one of {sorted(TORCH_DTYPES)}")
-        settings = LoaderSettings.from_config(cfg, imported_weights=imported_weights)
+        settings = LoaderSettings.from_config(cfg, imported_weights=imported_weights, slow_sampling=slow_sampling)
         super().__init__(records, data.root, split, settings=settings, rank=rank,
                          world_size=world_size, alpha=alpha)
         _check_codecs([r for i, r in enumerate(self.records) if not self.is_bad(i)], self.root, self.placement)
@@ -443,7 +444,8 @@ def _check_codecs(records: list[VideoRecord], root: Path, placement: str) -> Non
 
 def build_dali_loader(cfg: Any, split: str, *, rank: int = 0, world_size: int = 1, alpha: int = 8,
                       records: Optional[list[VideoRecord]] = None,
-                      decode_per_view: bool = False, imported_weights: bool = False) -> DaliVideoLoader:
+                      decode_per_view: bool = False, imported_weights: bool = False,
+                      slow_sampling: str = "linspace") -> DaliVideoLoader:
     """The DALI loader for ``split`` (contract: :class:`pipelines.base.VideoLoader`).
 
     Args:
@@ -462,4 +464,5 @@ def build_dali_loader(cfg: Any, split: str, *, rank: int = 0, world_size: int = 
     if records is None:
         records = load_records(cfg.data[LIST_KEYS[split]], Path(cfg.data.root), int(cfg.model.num_classes))
     return DaliVideoLoader(cfg, split, rank=rank, world_size=world_size, alpha=alpha, records=records,
-                           decode_per_view=decode_per_view, imported_weights=imported_weights)
+                           decode_per_view=decode_per_view, imported_weights=imported_weights,
+                           slow_sampling=slow_sampling)

@@ -252,7 +252,8 @@ class PyAVLoader(VideoLoader):
 
 
 def build_pyav_loader(cfg: Any, split: str, *, rank: int = 0, world_size: int = 1, alpha: int = 8,
-                      records: Optional[list[VideoRecord]] = None, imported_weights: bool = False) -> PyAVLoader:
+                      records: Optional[list[VideoRecord]] = None, imported_weights: bool = False,
+                      slow_sampling: str = "linspace") -> PyAVLoader:
     """The PyAV loader for ``split`` under ``cfg`` (contract: :class:`pipelines.base.VideoLoader`).
 
     Args:
@@ -269,6 +270,6 @@ def build_pyav_loader(cfg: Any, split: str, *, rank: int = 0, world_size: int = 
     root = Path(cfg.data.root)
     if records is None:
         records = load_records(cfg.data[f"{split}_list"], root, int(cfg.model.num_classes))
-    settings = LoaderSettings.from_config(cfg, imported_weights=imported_weights)
+    settings = LoaderSettings.from_config(cfg, imported_weights=imported_weights, slow_sampling=slow_sampling)
     return PyAVLoader(records, root, split, settings=settings, rank=rank,
                       world_size=world_size, alpha=alpha)

@@ -146,11 +146,13 @@ def val_clip_indices(
     return clip_frames(_delta(video_frames, span) / 2.0, span, num_frames, video_frames)
 
 
-def slow_indices(num_fast_frames: int, alpha: int) -> np.ndarray:
-    """Positions, within the fast clip, of the slow pathway's frames (PySlowFast's linspace rule)."""
-    if num_fast_frames % alpha:
-        raise ValueError(f"num_frames={num_fast_frames} must be a multiple of alpha={alpha}")
-    return np.linspace(0, num_fast_frames - 1, num_fast_frames // alpha).astype(np.int64)
+def slow_indices(num_fast_frames: int, alpha: int, rule: str = "linspace") -> np.ndarray:
+    """Positions, within the fast clip, of the slow pathway's frames: the model's ``arch.slow_sampling`` rule,
+    defined with the model (:func:`models.slowfast.slow_frame_indices`: ``linspace`` as PySlowFast, ``nearest``
+    as MMAction2)."""
+    from models.slowfast import slow_frame_indices
+
+    return slow_frame_indices(num_fast_frames, alpha, rule)
 
 
 @dataclass(frozen=True)

@@ -302,3 +302,28 @@ def test_testing_leaves_a_broken_video_out(mixed_records, tiny_config):
     assert fast.shape[0] == 2 * 2  # 2 videos x 2 clips x 1 crop
     np.testing.assert_allclose(_pixels(fast[2]), 200.0, atol=2.0)
     assert [f["path"] for f in loader.failures] == ["b_corrupt.webm"]
+
+
+@pytest.mark.parametrize("rule, expected", [("linspace", [0, 2, 4, 7]), ("nearest", [0, 2, 4, 6])])
+def test_the_slow_pathway_takes_the_models_frames(tiny_config, rule, expected):
+    """slow_sampling travels from the model to the loader (positions within the 8 Fast frames): PySlowFast's
+    linspace(0, 7, 4) = 0, 2.33, 4.67, 7 truncated = 0, 2, 4, 7; MMAction2's nearest by alpha 2 = 0, 2, 4, 6."""
+    from pipelines import build_loader
+
+    loader = build_loader(tiny_config(), "val", alpha=2, slow_sampling=rule)
+    (slow, fast), _, _ = next(iter(loader))
+    assert slow.shape[2] == 4
+    assert torch.equal(slow, fast[:, :, expected])
+
+
+def test_loader_inputs_of_an_imported_model():
+    """The engine tells the loader the model's alpha and Slow-frame rule, and whether its weights are imported."""
+    from engine.model import loader_inputs
+    from models import create_model
+
+    model = create_model("slowfast_tiny", num_classes=3, slow_sampling="nearest")
+    assert loader_inputs(model) == {"alpha": 4, "slow_sampling": "nearest", "imported_weights": False}
+    model.weights_format = "mmaction2"
+    assert loader_inputs(model)["imported_weights"] is True
+    model.weights_format = "slowfast-dali"
+    assert loader_inputs(model)["imported_weights"] is False
