@@ -5,6 +5,7 @@
     torchrun --nproc_per_node=8 test.py -w RUN/best.pt
     python test.py -w RUN/best.pt -o test.num_clips=1 -o test.num_crops=1          # quick check
     python test.py -w RUN/best.pt --video a.mp4 clips/ "more/**/*.webm" --top-k 3  # predict files
+    python test.py -w RUN/best.pt --save-features RUN/test/features.npz            # pooled features too
 
 Without ``-c``, one of this project's checkpoints brings its saved configuration; ``-o`` still applies
 (:func:`engine.evaluator.load_test_config`). Where results go: :func:`engine.evaluator.resolve_output_dir`.
@@ -45,6 +46,10 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser.add_argument("--save-scores", default=None, metavar="FILE.npz",
                         help="also write the per-video mean softmax scores, labels and paths as a numpy .npz "
                              "(engine.evaluator.combine_scores ensembles two such files)")
+    parser.add_argument("--save-features", default=None, metavar="FILE.npz",
+                        help="also write the per-video pooled pre-classifier features (the concatenated per-pathway "
+                             "global average pools, 2304 for R50, averaged over the views), labels and paths as a "
+                             "numpy .npz, from the same forward passes as the scores")
     parser.add_argument("--no-progress", dest="progress", action="store_false",
                         help="do not print videos/s and ETA to stderr")
     return parser.parse_args(argv)
@@ -58,7 +63,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     keys = overridden_keys(args.override)
     return run_test(cfg, args.weights, videos=args.video, output_dir=args.output_dir, progress=args.progress,
                     explicit_keys=keys, top_k=top_k, save_scores_to=args.save_scores, config_source=source,
-                    infer_arch=args.config is None and "model.name" not in keys)
+                    infer_arch=args.config is None and "model.name" not in keys,
+                    save_features_to=args.save_features)
 
 
 if __name__ == "__main__":

@@ -84,6 +84,14 @@ class Number(Rule):
 
 
 @dataclass(frozen=True)
+class UnitInterval(Rule):
+    """A finite number in [0, 1] (a probability, a label-smoothing fraction)."""
+
+    def _check(self, value):
+        return _is_number(value) and 0.0 <= value <= 1.0, value
+
+
+@dataclass(frozen=True)
 class Choice(Rule):
     choices: tuple = ()
 
@@ -202,6 +210,13 @@ SCHEMA: dict[str, Rule] = {
     "train.precision": PRECISION,
     "train.compile": BOOL,
     "train.sync_bn": BOOL,
+    "train.accumulate": Int("a positive integer (>= 1): micro-batches per optimizer step", minimum=1),
+    "train.mixup.enable": BOOL,
+    "train.mixup.alpha": NON_NEGATIVE,
+    "train.mixup.cutmix_alpha": NON_NEGATIVE,
+    "train.mixup.prob": UnitInterval("a number in [0, 1]"),
+    "train.mixup.switch_prob": UnitInterval("a number in [0, 1]"),
+    "train.mixup.label_smoothing": UnitInterval("a number in [0, 1] (e.g. 0.1)"),
     "train.precise_bn_batches": Int("an integer >= 0 (0 = off)", minimum=0),
     "train.validate_every": POSITIVE_INT,
     "train.val_sampling": Choice("one of centred, reference", choices=VAL_SAMPLINGS),

@@ -23,7 +23,9 @@ stay as they were.
 Outputs of a list evaluation (:func:`write_outputs`): ``metrics.json``, ``predictions.jsonl``,
 ``per_class_accuracy.csv``, ``confusion_matrix.csv``, ``confusion_matrix.png`` (when matplotlib is
 installed) and ``config.yaml``; optionally a score dump (:func:`save_scores`, ``--save-scores``) that
-:func:`combine_scores` ensembles with another. Where they go: :func:`resolve_output_dir`.
+:func:`combine_scores` ensembles with another, and a feature dump (:func:`save_features`, ``--save-features``):
+the pooled pre-classifier features (``SlowFast.features``) averaged over the views, taken in the same forward
+pass as the scores. Where they go: :func:`resolve_output_dir`.
 
 ``python test.py`` is the command-line driver; it calls :func:`load_test_config` and :func:`run_test`.
 Precision: ``test.precision`` under the project's one policy (:mod:`engine.precision`).
@@ -51,7 +53,7 @@ from configs import load_config, save_config
 from engine import distributed as dist_utils
 from engine.checkpoint import read_model_spec, saved_config
 from engine.meters import setup_logging, topk_correct
-from engine.model import build_model, check_data_fits_model, place_model
+from engine.model import build_model, check_data_fits_model, loader_inputs, place_model
 from engine.precision import Precision, precision_for, to_model_inputs
 from pipelines import build_loader
 from pipelines.base import regular_file_error
@@ -198,6 +200,7 @@ def collect_scores(
     precision: Precision,
     channels_last: bool = True,
     progress: Optional[Progress] = None,
+    features: Optional[dict[int, np.ndarray]] = None,
 ) -> dict[int, np.ndarray]:
     """This rank's ``{video_index: summed softmax scores (K,)}`` over ``loader`` (padding dropped).
 
@@ -209,6 +212,8 @@ def collect_scores(
         precision: the autocast policy (:func:`engine.precision.precision_for` with ``"test"``).
         channels_last: hand the inputs over in ``torch.channels_last_3d``.
         progress: optional progress meter (videos over all ranks), updated after every batch and closed.
+        features: when given, filled with ``{video_index: mean over the views of model.features (C,)}`` (float32),
+            taken from the same forward pass as the scores (``model.scores_and_features``).
 
     Raises:
         NonFiniteOutputs: in a single-process run, at the first batch with a non-finite score (a run of
@@ -235,7 +240,14 @@ def collect_scores(
         local_videos += len(video_index)
         inputs = to_model_inputs(inputs, device, channels_last, precision)
         with precision.autocast():
-            logits = model(inputs)
+            if features is None:
+                logits = model(inputs)
+            else:
+                logits, view_features = model.scores_and_features(inputs)  # (V*N, K), (V*N, C)
+        if features is not None:
+            pooled = view_features.float().reshape(len(video_index), num_views, -1).mean(dim=1)  # (N, C)
+            for index, row in zip(video_index.tolist(), pooled.cpu().numpy()):
+                features[index] = row
         video_scores = aggregate_views(logits, num_views).cpu().numpy()
         finite = np.isfinite(video_scores).all(axis=1)
         if world_size == 1 and not finite.all():
@@ -302,6 +314,7 @@ class EvalResult:
     failures: list[dict] = field(default_factory=list)   # {"index", "path", "error"}
     missing: list[int] = field(default_factory=list)     # neither evaluated nor reported as failed
     seconds: float = 0.0
+    features: Optional[np.ndarray] = None                # (M, C) float32, mean over the views (when asked)
 
     @property
     def num_evaluated(self) -> int:
@@ -340,6 +353,7 @@ def evaluate(
     channels_last: bool = True,
     progress: bool = False,
     weights: Optional[str] = None,
+    with_features: bool = False,
 ) -> EvalResult:
     """Multi-view evaluation of ``model`` over a test ``loader`` on this rank, gathered over all ranks.
 
@@ -355,16 +369,22 @@ def evaluate(
         channels_last: hand the inputs over in ``torch.channels_last_3d``.
         progress: print videos/s and ETA to stderr (on the primary rank).
         weights: the weights file, named in the error about non-finite scores.
+        with_features: also gather the per-video features (:attr:`EvalResult.features`; the model must have
+            ``scores_and_features``, as :class:`models.slowfast.SlowFast` does).
 
     Raises:
         NonFiniteOutputs: a video's scores hold NaN or Inf (on every rank alike).
     """
+    if with_features and not hasattr(model, "scores_and_features"):
+        raise UserError(f"--save-features: the model {type(model).__name__} has no scores_and_features(); "
+                        f"features are defined for the SlowFast family (models/slowfast.py)")
     start = time.perf_counter()
+    local_features: Optional[dict[int, np.ndarray]] = {} if with_features else None
     records = loader.records
     meter = Progress(len(records), "[TEST]", unit="videos", enabled=progress and dist_utils.is_primary())
     try:
         local = collect_scores(model, loader, num_views=num_views, device=device, precision=precision,
-                               channels_last=channels_last, progress=meter)
+                               channels_last=channels_last, progress=meter, features=local_features)
     except NonFiniteOutputs as err:
         raise non_finite_error(weights, [records[i].path for i in err.video_indices], precision,
                                err.video_indices) from None
@@ -380,8 +400,15 @@ def evaluate(
     else:
         stacked = np.zeros((0, 0), np.float32)
     labels = np.array([records[i].label for i in indices], dtype=np.int64)
+    features = None
+    if local_features is not None:
+        merged: dict[int, np.ndarray] = {}
+        for part in dist_utils.all_gather_object(local_features):
+            merged.update(part)
+        features = (np.stack([merged[i] for i in indices]).astype(np.float32) if indices.size
+                    else np.zeros((0, 0), np.float32))
     return EvalResult(indices, stacked, labels, num_views, len(records), failures, missing,
-                      time.perf_counter() - start)
+                      time.perf_counter() - start, features)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -410,6 +437,31 @@ def save_scores(path: str | os.PathLike, scores: np.ndarray, labels: Sequence[in
     with atomic_open(path, "wb") as handle:
         np.savez(handle, scores=scores, labels=labels, paths=names,
                  class_names=np.array([str(n) for n in class_names], dtype=str))
+    return Path(path)
+
+
+def save_features(path: str | os.PathLike, features: np.ndarray, labels: Sequence[int], paths: Sequence[str]
+                  ) -> Path:
+    """Write a feature dump: an ``.npz`` readable with numpy alone (``np.load(path, allow_pickle=False)``).
+
+    Arrays: ``features`` (videos x C, float32: the pooled pre-classifier features of ``SlowFast.features``, the
+    global average pool of each pathway's res5 output concatenated, slow first: C = 2048 + 256 = 2304 for R50;
+    averaged over the views), ``labels`` (int64; -1 for ``--video``) and ``paths`` (unicode strings), one row
+    per video in the order of ``predictions.jsonl``.
+
+    Args:
+        path: the file (written atomically, as given: no suffix is added).
+        features: (N, C).
+        labels: N labels.
+        paths: N video paths.
+    """
+    features = np.asarray(features, dtype=np.float32)
+    labels = np.asarray(labels, dtype=np.int64).reshape(-1)
+    names = np.array([str(p) for p in paths], dtype=str)
+    if features.ndim != 2 or not len(features) == len(labels) == len(names):
+        raise ValueError(f"features {features.shape}, {len(labels)} labels and {len(names)} paths do not match")
+    with atomic_open(path, "wb") as handle:
+        np.savez(handle, features=features, labels=labels, paths=names)
     return Path(path)
 
 
@@ -779,6 +831,7 @@ class Prediction:
     top: list = field(default_factory=list)      # [(class index, name, mean probability)]
     error: Optional[str] = None
     probabilities: Optional[np.ndarray] = None   # (K,) mean softmax over the views
+    features: Optional[np.ndarray] = None        # (C,) mean pooled features over the views (when asked)
 
     def to_json(self) -> dict:
         if self.error:
@@ -789,7 +842,7 @@ class Prediction:
 
 def predict_files(model: torch.nn.Module, cfg: Any, paths: Sequence[str], *, device: torch.device,
                   precision: Precision, class_names: Sequence[str], progress: bool = False, top_k: int = TOP_K,
-                  weights: Optional[str] = None) -> list[Prediction]:
+                  weights: Optional[str] = None, with_features: bool = False) -> list[Prediction]:
     """Top-k predictions for video files, with the same multi-view protocol as the evaluation.
 
     Each file is probed; files are grouped by the backend that can decode their codec here (DALI where
@@ -807,6 +860,7 @@ def predict_files(model: torch.nn.Module, cfg: Any, paths: Sequence[str], *, dev
         progress: print videos/s and ETA.
         top_k: classes per file (at most the class count).
         weights: the weights file, named in the error about non-finite scores.
+        with_features: also fill each prediction's ``features`` (:func:`evaluate`).
     """
     predictions = [Prediction(str(p)) for p in paths]
     groups: dict[tuple[str, str], list[tuple[int, VideoRecord]]] = {}
@@ -840,10 +894,11 @@ def predict_files(model: torch.nn.Module, cfg: Any, paths: Sequence[str], *, dev
         LOG.info("[TEST] %d file(s) decoded by %s", len(records),
                  "pyav" if backend == "pyav" else f"dali on the {data_device}")
         loader = build_loader(group_cfg, "test", rank=dist_utils.get_rank(),
-                              world_size=dist_utils.get_world_size(), alpha=model.arch.alpha, records=records)
+                              world_size=dist_utils.get_world_size(), records=records, **loader_inputs(model))
         try:
             result = evaluate(model, loader, num_views=num_views, device=device, precision=precision,
-                              channels_last=bool(cfg.model.channels_last), progress=progress, weights=weights)
+                              channels_last=bool(cfg.model.channels_last), progress=progress, weights=weights,
+                              with_features=with_features)
         except NonFiniteOutputs as err:  # name the files as the user gave them, not relative to the group's root
             paths = [predictions[members[i][0]].path for i in err.video_indices]
             raise non_finite_error(weights, paths, precision, err.video_indices) from None
@@ -851,6 +906,9 @@ def predict_files(model: torch.nn.Module, cfg: Any, paths: Sequence[str], *, dev
         for index, top, row in zip(result.video_indices, tops, result.scores):
             predictions[members[index][0]].top = top
             predictions[members[index][0]].probabilities = row / num_views
+        if result.features is not None:
+            for index, row in zip(result.video_indices, result.features):
+                predictions[members[index][0]].features = row
         for failure in result.failures:
             slot = members[int(failure["index"])][0]
             predictions[slot].error = f"cannot be decoded: {failure.get('error')}"
@@ -957,8 +1015,8 @@ def check_top_k(top_k: int) -> int:
 
 
 def run_test_list(cfg: Any, model: torch.nn.Module, weights: str, device: torch.device, precision: Precision,
-                  output_dir: Path, progress: bool, save_scores_to: Optional[str | os.PathLike] = None
-                  ) -> EvalResult:
+                  output_dir: Path, progress: bool, save_scores_to: Optional[str | os.PathLike] = None,
+                  save_features_to: Optional[str | os.PathLike] = None) -> EvalResult:
     """Evaluate ``cfg.data.test_list`` on every rank; the primary rank logs and writes the outputs.
 
     Args:
@@ -970,22 +1028,28 @@ def run_test_list(cfg: Any, model: torch.nn.Module, weights: str, device: torch.
         output_dir: where the files of :func:`write_outputs` go.
         progress: print videos/s and ETA.
         save_scores_to: also write a score dump there (:func:`save_scores`).
+        save_features_to: also write a feature dump there (:func:`save_features`), from the same forward passes.
     """
     class_names = read_class_names(cfg.data.class_names, cfg.model.num_classes)
     loader = build_loader(cfg, "test", rank=dist_utils.get_rank(), world_size=dist_utils.get_world_size(),
-                          alpha=model.arch.alpha)
+                          **loader_inputs(model))
     num_views = int(cfg.test.num_clips) * int(cfg.test.num_crops)
     LOG.info("[TEST] %s on %d videos of %s: %d clips x %d crops, %d videos per batch, %d process(es), %s",
              cfg.model.name, len(loader.records), cfg.data.test_list, cfg.test.num_clips, cfg.test.num_crops,
              cfg.test.batch_size, dist_utils.get_world_size(), precision.name)
     result = evaluate(model, loader, num_views=num_views, device=device, precision=precision,
-                      channels_last=bool(cfg.model.channels_last), progress=progress, weights=weights)
+                      channels_last=bool(cfg.model.channels_last), progress=progress, weights=weights,
+                      with_features=save_features_to is not None)
     if dist_utils.is_primary():
         log_result(result, class_names)
         written = []
+        paths = [loader.records[i].path for i in result.video_indices]
         if save_scores_to is not None:
-            written.append(save_scores(save_scores_to, result.scores / num_views, result.labels,
-                                       [loader.records[i].path for i in result.video_indices], class_names))
+            written.append(save_scores(save_scores_to, result.scores / num_views, result.labels, paths,
+                                       class_names))
+        if save_features_to is not None:
+            features = result.features if result.num_evaluated else np.zeros((0, 0), np.float32)
+            written.append(save_features(save_features_to, features, result.labels, paths))
         summary = write_outputs(result, loader.records, class_names, cfg, weights, output_dir,
                                 dist_utils.get_world_size(), extra_files=written)
         files = [Path(f) for f in summary["files"]]
@@ -997,9 +1061,11 @@ def run_test_list(cfg: Any, model: torch.nn.Module, weights: str, device: torch.
 
 def run_predictions(cfg: Any, model: torch.nn.Module, weights: str, videos: Sequence[str], device: torch.device,
                     precision: Precision, output_dir: Path, progress: bool, top_k: int,
-                    save_scores_to: Optional[str | os.PathLike] = None) -> list[Prediction]:
+                    save_scores_to: Optional[str | os.PathLike] = None,
+                    save_features_to: Optional[str | os.PathLike] = None) -> list[Prediction]:
     """``--video``: expand the inputs, predict every file on every rank; the primary rank prints the table and
-    writes ``predictions.jsonl`` (and ``config.yaml``, and the score dump if asked) into ``output_dir``."""
+    writes ``predictions.jsonl`` (and ``config.yaml``, and the score and feature dumps if asked) into
+    ``output_dir``. The dumps hold the predicted files (labels -1), in the order of their predictions.jsonl rows."""
     start = time.perf_counter()
     class_names = read_class_names(cfg.data.class_names, cfg.model.num_classes)
     if top_k > len(class_names):
@@ -1010,7 +1076,8 @@ def run_predictions(cfg: Any, model: torch.nn.Module, weights: str, videos: Sequ
     files = [path for path, error in expanded if error is None]
     LOG.info("[TEST] --video: %d argument(s) -> %d file(s) to predict", len(videos), len(files))
     predicted = iter(predict_files(model, cfg, files, device=device, precision=precision,
-                                   class_names=class_names, progress=progress, top_k=top_k, weights=weights)
+                                   class_names=class_names, progress=progress, top_k=top_k, weights=weights,
+                                   with_features=save_features_to is not None)
                      if files else [])
     predictions = [Prediction(path, error=error) if error else next(predicted) for path, error in expanded]
     if dist_utils.is_primary():
@@ -1022,6 +1089,10 @@ def run_predictions(cfg: Any, model: torch.nn.Module, weights: str, videos: Sequ
             scores = np.stack([p.probabilities for p in done]) if done else np.zeros((0, len(class_names)))
             written.append(save_scores(save_scores_to, scores, [-1] * len(done), [p.path for p in done],
                                        class_names))
+        if save_features_to is not None:
+            done = [p for p in predictions if p.features is not None]
+            features = np.stack([p.features for p in done]) if done else np.zeros((0, 0), np.float32)
+            written.append(save_features(save_features_to, features, [-1] * len(done), [p.path for p in done]))
         written.append(save_config(cfg, output_dir))
         if (output_dir / "test.log").is_file():
             written.append(output_dir / "test.log")
@@ -1037,7 +1108,7 @@ def run_test(cfg: Any, weights: str, *, videos: Optional[Sequence[str]] = None,
              output_dir: Optional[str | os.PathLike] = None, progress: bool = True,
              explicit_keys: Iterable[str] = frozenset(), top_k: int = TOP_K,
              save_scores_to: Optional[str | os.PathLike] = None, config_source: Optional[str] = None,
-             infer_arch: bool = False) -> int:
+             infer_arch: bool = False, save_features_to: Optional[str | os.PathLike] = None) -> int:
     """One process's test run: the multi-view evaluation of ``data.test_list``, or top-k predictions for
     ``videos``. Every rank of a torchrun job calls it.
 
@@ -1052,6 +1123,7 @@ def run_test(cfg: Any, weights: str, *, videos: Optional[Sequence[str]] = None,
         explicit_keys: configuration keys given on the command line (the precision policy, the output folder).
         top_k: classes per file for ``videos`` (``--top-k``; at least 1, capped at the class count).
         save_scores_to: also write a score dump (``--save-scores``; :func:`save_scores`).
+        save_features_to: also write a feature dump (``--save-features``; :func:`save_features`).
         config_source: where ``cfg`` came from, for the log (:func:`load_test_config`).
         infer_arch: weights of another project build the architecture their tensors fit
             (:func:`models.load_pretrained`); the driver sets it when the configuration does not pin the model
@@ -1079,14 +1151,14 @@ def run_test(cfg: Any, weights: str, *, videos: Optional[Sequence[str]] = None,
         precision = precision_for(cfg, "test", info.device, explicit_keys)
         if videos:
             predictions = run_predictions(cfg, model, str(weights), videos, info.device, precision, output_dir,
-                                          progress, top_k, save_scores_to)
+                                          progress, top_k, save_scores_to, save_features_to)
             if not any(p.top for p in predictions):
                 print(f"error: none of the {len(predictions)} file(s) could be predicted (see the ERROR rows "
                       f"above)", file=sys.stderr)
                 return 1
             return 0
         result = run_test_list(cfg, model, str(weights), info.device, precision, output_dir, progress,
-                               save_scores_to)
+                               save_scores_to, save_features_to)
         return 0 if result.num_evaluated else 1
     finally:
         dist_utils.cleanup()

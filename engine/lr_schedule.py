@@ -10,8 +10,9 @@ The rule is PySlowFast's ``lr_policy.get_lr_at_epoch`` with ``cosine_end_lr = 0`
 
 Linear scaling rule (Goyal et al., 2017): both ``base_lr`` and ``warmup_start_lr`` are given for
 ``train.base_batch`` clips per optimizer step and are multiplied by ``global_batch / base_batch`` with
-``global_batch = data.batch_size * world_size``. The reference recipe (8 GPUs x 8 clips, base_lr 0.1,
-base_batch 64) therefore trains at 0.1; one GPU with 8 clips trains at 0.0125.
+``global_batch = data.batch_size * world_size * train.accumulate`` (:func:`global_batch`). The reference recipe
+(8 GPUs x 8 clips, base_lr 0.1, base_batch 64) therefore trains at 0.1; one GPU with 8 clips trains at 0.0125,
+and one GPU with 8 clips and ``train.accumulate: 8`` at 0.1 again (one optimizer step per 64 clips).
 
 Warm-up longer than the run: a warm-up is capped at :data:`MAX_WARMUP_FRACTION` (half) of ``train.epochs``
 (:func:`effective_warmup`). ``-o train.epochs=1`` on the reference recipe (34 warm-up epochs) would otherwise
@@ -19,8 +20,9 @@ spend the whole run on the first 3% of its warm-up line, near ``warmup_start_lr`
 0.5 epoch, to ``cosine(0.5)``, then follows the cosine to 0. The trainer logs the adjusted value once. The
 reference recipe (34 of 196 epochs, 17%) and the demo (1 of 17) are below the cap and unchanged.
 
-The LR is set every iteration from ``epoch + iteration / iters_per_epoch``, so it depends only on the
-position in training: a resumed run sees exactly the same sequence.
+The LR is set every optimizer step from ``epoch + step / steps_per_epoch`` (with gradient accumulation a step is
+``train.accumulate`` micro-batches), so it depends only on the position in training: a resumed run sees exactly
+the same sequence.
 """
 
 from __future__ import annotations
@@ -29,6 +31,16 @@ import math
 from typing import Any
 
 MAX_WARMUP_FRACTION = 0.5  # the longest warm-up, as a share of train.epochs
+
+
+def global_batch(cfg: Any, world_size: int = 1) -> int:
+    """Clips per optimizer step over all processes: ``data.batch_size * world_size * train.accumulate``.
+
+    Args:
+        cfg: the resolved configuration (``train.accumulate`` missing, as in older configurations, means 1).
+        world_size: number of processes.
+    """
+    return int(cfg.data.batch_size) * int(world_size) * int(cfg.train.get("accumulate", 1))
 
 
 def scaled_lr(lr: float, batch_size: int, world_size: int, base_batch: int) -> float:
@@ -61,15 +73,16 @@ def lr_at(epoch: float, cfg: Any, world_size: int = 1) -> float:
     Args:
         epoch: position in training, in epochs (0 = the first step, ``cfg.train.epochs`` = the end).
         cfg: the resolved configuration; reads ``train.{base_lr, warmup_start_lr, warmup_epochs,
-            epochs, base_batch}`` and ``data.batch_size``; the warm-up is :func:`effective_warmup`.
-        world_size: number of processes (the global batch is ``data.batch_size * world_size``).
+            epochs, base_batch, accumulate}`` and ``data.batch_size``; the warm-up is :func:`effective_warmup`.
+        world_size: number of processes (the global batch is :func:`global_batch`).
     """
     train = cfg.train
     total = float(train.epochs)
     if total <= 0:
         raise ValueError(f"train.epochs={train.epochs} must be positive")
-    base = scaled_lr(train.base_lr, cfg.data.batch_size, world_size, train.base_batch)
-    start = scaled_lr(train.warmup_start_lr, cfg.data.batch_size, world_size, train.base_batch)
+    clips = global_batch(cfg, world_size)  # = batch_size x (world_size x accumulate) in scaled_lr's terms
+    base = scaled_lr(train.base_lr, clips, 1, train.base_batch)
+    start = scaled_lr(train.warmup_start_lr, clips, 1, train.base_batch)
 
     def cosine(e: float) -> float:
         return base * (1.0 + math.cos(math.pi * min(e, total) / total)) / 2.0

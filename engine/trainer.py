@@ -7,19 +7,32 @@ The pieces, in the order a run uses them (``python train.py`` calls :func:`run_t
   AdamW for the CPU demo), precision (:mod:`engine.precision`), :func:`wrap_model` (SyncBatchNorm, DDP,
   ``torch.compile``) and the loaders (:func:`pipelines.build_loader`).
 - :func:`train_step`: one optimizer step (forward under autocast, loss, skip on a non-finite loss on every
-  rank together, backward, step); the benchmark times this very function.
+  rank together, backward, step); the benchmark times this very function. :func:`accumulation_step` is the
+  same over ``train.accumulate`` micro-batches (gradient accumulation), and :mod:`engine.mixup` the optional
+  mixup / cutmix / label smoothing (``train.mixup.*``) of each micro-batch.
 - :func:`train_one_epoch`, :func:`validate`, :func:`precise_bn`, :func:`save`, :func:`resume`.
 - :func:`fit`: the epoch loop, with ``curves.png`` (:mod:`engine.plots`) after every epoch and a summary block at
   the end; :func:`run_training`: one process's whole run (the output directory's lock, resume or refusal, the
   process group's timeout, every rank's failure named); :func:`resolve_config`: the configuration of
   ``train.py`` (``--resume`` without ``-c`` starts from the checkpoint's own configuration).
 
-The learning rate follows :mod:`engine.lr_schedule` every iteration; the checkpoint format is
+The learning rate follows :mod:`engine.lr_schedule` every optimizer step; the checkpoint format is
 :mod:`models.checkpoint_format`, its files :mod:`engine.checkpoint`.
+
+Gradient accumulation (``train.accumulate: A``): the global batch is ``data.batch_size x world_size x A`` clips
+per optimizer step (the LR scales with it), while BatchNorm sees one micro-batch of ``data.batch_size`` clips, as
+on the reference 8 GPUs x 8 clips; 2 GPUs with ``A = 4`` reproduce it exactly. Each micro-batch's loss is divided
+by ``A`` before backward, so the gradients are the mean over all micro-batches and ranks (DDP averages over ranks);
+DDP all-reduces only on the last micro-batch (``no_sync`` before). An epoch has ``len(loader) // A`` optimizer
+steps; the last ``len(loader) % A`` batches of an epoch (an incomplete group) are not trained on. ``iteration``
+counts optimizer steps. Checkpoints record ``accumulate`` and the global batch; a resume with another
+``train.accumulate`` continues when the global batch is unchanged (e.g. 4 GPUs x A=2 -> 8 GPUs x A=1) and is
+refused otherwise.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import math
@@ -41,8 +54,9 @@ from configs.schema import OPTIMIZERS
 from engine import checkpoint as ckpt
 from engine import distributed
 from engine import plots
-from engine.lr_schedule import MAX_WARMUP_FRACTION, effective_warmup, lr_at, scaled_lr
+from engine.lr_schedule import MAX_WARMUP_FRACTION, effective_warmup, global_batch, lr_at, scaled_lr
 from engine.meters import RunLog, SmoothedValue, setup_logging, topk_correct
+from engine.mixup import MixUp, dominant_labels, mixup_rng, soft_target_cross_entropy
 from engine.model import build_model, check_data_fits_model
 from engine.precise_bn import update_bn_stats
 from engine.precision import Precision, precision_for, to_model_inputs
@@ -166,6 +180,7 @@ class Trainer:
     run_log: RunLog
     validate: bool = False
     progress: bool = True  # progress meters (training epochs, validation, precise BN) on stderr, primary rank only
+    mixup: Optional[MixUp] = None  # train.mixup (None: off)
     epoch: int = 0  # epochs completed
     iteration: int = 0  # optimizer steps attempted (skipped non-finite ones included)
     nonfinite_streak: int = 0
@@ -182,8 +197,14 @@ class Trainer:
     curves_problem_logged: bool = False
 
     @property
+    def accumulate(self) -> int:
+        """Micro-batches per optimizer step (``train.accumulate``)."""
+        return int(self.cfg.train.get("accumulate", 1))
+
+    @property
     def iters_per_epoch(self) -> int:
-        return len(self.train_loader)
+        """Optimizer steps per epoch: the loader's batches in whole groups of :attr:`accumulate`."""
+        return len(self.train_loader) // self.accumulate
 
     def lr(self, epoch_float: float) -> float:
         return lr_at(epoch_float, self.cfg, self.dist.world_size)
@@ -230,6 +251,20 @@ def build_trainer(
             f"the training loader yields no batch: {len(train_loader.records)} videos over {dist_info.world_size} "
             f"process(es) with data.batch_size={cfg.data.batch_size}; lower data.batch_size or add videos"
         )
+    accumulate = int(cfg.train.get("accumulate", 1))
+    if len(train_loader) < accumulate:
+        raise TrainingError(
+            f"train.accumulate={accumulate} needs {accumulate} micro-batches per optimizer step, but the training "
+            f"loader yields {len(train_loader)} batch(es) per epoch on each of {dist_info.world_size} process(es) "
+            f"(data.batch_size={cfg.data.batch_size}); lower train.accumulate or data.batch_size, or add videos"
+        )
+    mixup = MixUp.from_config(cfg)
+    if mixup is not None and mixup.mixes and int(cfg.data.batch_size) < 2:
+        raise TrainingError(
+            f"train.mixup mixes each sample with another of its micro-batch, but data.batch_size="
+            f"{cfg.data.batch_size}; use data.batch_size >= 2, or -o train.mixup.alpha=0 -o "
+            f"train.mixup.cutmix_alpha=0 for label smoothing alone"
+        )
     val_loader = None
     if validate:
         val_loader = build_loader(cfg, "val", rank=dist_info.rank, world_size=dist_info.world_size, alpha=alpha)
@@ -248,6 +283,7 @@ def build_trainer(
         validate=validate,
         progress=progress,
         prefix=ckpt.checkpoint_prefix(output_dir),
+        mixup=mixup,
     )
 
 
@@ -282,9 +318,25 @@ class BufferSnapshot:
 
 @dataclass
 class StepResult:
-    loss: float  # the loss value (NaN/inf for a skipped step)
-    logits: torch.Tensor  # detached
+    loss: float  # the mean micro-batch loss (for a skipped step: the non-finite value that skipped it)
+    logits: torch.Tensor  # detached; the micro-batches' logits, concatenated in order
     applied: bool  # False: the loss was non-finite on some rank and no rank updated
+
+
+def training_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy in float32: on class indices (N,), or on soft targets (N, K) from :mod:`engine.mixup`."""
+    if targets.dim() == 2 and targets.is_floating_point():
+        return soft_target_cross_entropy(logits.float(), targets)
+    return F.cross_entropy(logits.float(), targets)
+
+
+def _ddp_of(model: Any) -> Optional[nn.parallel.DistributedDataParallel]:
+    """The DDP wrapper inside ``model`` (itself, or under ``torch.compile``'s wrapper), or None."""
+    while model is not None:
+        if isinstance(model, nn.parallel.DistributedDataParallel):
+            return model
+        model = getattr(model, "_orig_mod", None)
+    return None
 
 
 def train_step(
@@ -296,40 +348,108 @@ def train_step(
     scaler: Optional[torch.amp.GradScaler] = None,
     snapshot: Optional[BufferSnapshot] = None,
 ) -> StepResult:
-    """One optimizer step: forward under ``precision``, cross-entropy, backward, step (scaled for fp16).
+    """One optimizer step on one batch: forward under ``precision``, cross-entropy, backward, step (scaled for fp16).
 
     A non-finite loss on any rank skips the step on every rank together (a rank that ran backward alone would
     wait forever in DDP's gradient all-reduce): no update, gradients dropped, buffers restored from
-    ``snapshot``. The loss is read on the host once per step (the skip decision needs it).
+    ``snapshot``. The loss is read on the host once per step (the skip decision needs it). This is
+    :func:`accumulation_step` with one micro-batch.
 
     Args:
         model: what forward runs (DDP / compiled wrappers included), in train mode.
         optimizer: its learning rate already set for this step.
         inputs: ``[slow, fast]`` on the device (:func:`engine.precision.to_model_inputs`).
-        labels: (N,) class indices on the device.
+        labels: (N,) class indices on the device, or (N, K) soft targets (:class:`engine.mixup.MixUp`).
         precision: the autocast policy; ``scaler``: the fp16 gradient scaler (``precision.make_scaler()``).
         snapshot: the model's buffers, saved before the forward and restored on a skip.
     """
+    return accumulation_step(model, optimizer, [(inputs, labels)], precision, scaler, snapshot, accumulate=1)
+
+
+def accumulation_step(
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    micro_batches: Iterable[tuple[list[torch.Tensor], torch.Tensor]],
+    precision: Precision,
+    scaler: Optional[torch.amp.GradScaler] = None,
+    snapshot: Optional[BufferSnapshot] = None,
+    *,
+    accumulate: Optional[int] = None,
+) -> StepResult:
+    """One optimizer step over ``accumulate`` micro-batches (gradient accumulation).
+
+    Each micro-batch runs forward (BatchNorm normalises with that micro-batch's statistics) and backward with its
+    loss divided by ``accumulate``, so the step uses the mean gradient over all micro-batches, and over the ranks
+    (DDP averages them): one process with ``accumulate = 2`` takes the step two ranks with one micro-batch each
+    take. Under DDP the gradients are all-reduced only in the last micro-batch's backward (``no_sync`` before).
+
+    The micro-batches are pulled one at a time, each when the previous one's backward is done (a loader's batch
+    may live in a buffer that the next batch reuses). A non-finite loss on any rank, in any micro-batch, skips
+    the whole step on every rank together: the remaining micro-batches are still pulled (the loader stays in
+    step) but not run, the gradients are dropped and the buffers (BN statistics) restored to what they were
+    before the first micro-batch.
+
+    Args:
+        model: what forward runs (DDP / compiled wrappers included), in train mode; gradients are None on entry.
+        optimizer: its learning rate already set for this step.
+        micro_batches: ``(inputs, targets)`` pairs, ``inputs`` = ``[slow, fast]`` on the device, ``targets`` class
+            indices (N,) or soft targets (N, K); an iterator is consumed exactly ``accumulate`` times.
+        precision: the autocast policy; ``scaler``: the fp16 gradient scaler.
+        snapshot: the model's buffers, saved before the first forward and restored on a skip.
+        accumulate: micro-batches in this step (default: ``len(micro_batches)``).
+
+    Raises:
+        ValueError: ``micro_batches`` ran out before ``accumulate`` micro-batches.
+    """
+    if accumulate is None:
+        micro_batches = list(micro_batches)
+        accumulate = len(micro_batches)
+    if accumulate < 1:
+        raise ValueError(f"accumulate={accumulate}: a step needs at least one micro-batch")
     if snapshot is not None:
         snapshot.save()
-    with precision.autocast():
-        logits = model(inputs)
-    loss = F.cross_entropy(logits.float(), labels)
-    loss_value = loss.item()
-    if _any_rank(not math.isfinite(loss_value), labels.device):
-        optimizer.zero_grad(set_to_none=True)
-        if snapshot is not None:
-            snapshot.restore()
-        return StepResult(loss_value, logits.detach(), applied=False)
+    ddp = _ddp_of(model)
+    pending = iter(micro_batches)
+    losses: list[float] = []
+    outputs: list[torch.Tensor] = []
+    for index in range(accumulate):
+        try:
+            inputs, targets = next(pending)
+        except StopIteration:
+            raise ValueError(f"accumulation_step got {index} micro-batch(es), expected {accumulate}") from None
+        last = index == accumulate - 1
+        # The forward belongs inside no_sync too: DDP decides at forward time whether the backward all-reduces.
+        with ddp.no_sync() if ddp is not None and not last else contextlib.nullcontext():
+            with precision.autocast():
+                logits = model(inputs)
+            loss = training_loss(logits, targets)
+            loss_value = loss.item()
+            outputs.append(logits.detach())
+            losses.append(loss_value)
+            if _any_rank(not math.isfinite(loss_value), targets.device):
+                for _ in range(accumulate - index - 1):  # every rank decided alike: all drain, none runs
+                    next(pending, None)
+                optimizer.zero_grad(set_to_none=True)
+                if snapshot is not None:
+                    snapshot.restore()
+                return StepResult(loss_value, _joined(outputs), applied=False)
+            if accumulate > 1:
+                loss = loss / accumulate
+            if scaler is not None:
+                scaler.scale(loss).backward()
+            else:
+                loss.backward()
     if scaler is not None:
-        scaler.scale(loss).backward()
         scaler.step(optimizer)
         scaler.update()
     else:
-        loss.backward()
         optimizer.step()
     optimizer.zero_grad(set_to_none=True)
-    return StepResult(loss_value, logits.detach(), applied=True)
+    return StepResult(sum(losses) / accumulate, _joined(outputs), applied=True)
+
+
+def _joined(tensors: list[torch.Tensor]) -> torch.Tensor:
+    return tensors[0] if len(tensors) == 1 else torch.cat(tensors)
 
 
 def _batch_inputs(trainer: Trainer, batch: Any) -> tuple[list[torch.Tensor], torch.Tensor, Any]:
@@ -338,8 +458,38 @@ def _batch_inputs(trainer: Trainer, batch: Any) -> tuple[list[torch.Tensor], tor
     return inputs, labels.to(trainer.dist.device, non_blocking=True), video_index
 
 
+@dataclass
+class _StepInputs:
+    """What :func:`_micro_batches` saw for one optimizer step: the metric labels and the time spent waiting."""
+
+    labels: list = field(default_factory=list)
+    data_wait: float = 0.0
+
+
+def _micro_batches(trainer: Trainer, batches: Any, epoch: int, step: int, seen: _StepInputs):
+    """The ``train.accumulate`` micro-batches of optimizer step ``step``, pulled from ``batches`` one at a time,
+    on the device and mixed when ``train.mixup`` is on (:mod:`engine.mixup`; seeded per micro-batch)."""
+    accumulate = trainer.accumulate
+    for micro in range(accumulate):
+        start = time.perf_counter()
+        batch = next(batches, None)
+        if batch is None:
+            return  # the loader delivered fewer batches than its len(): accumulation_step names the shortfall
+        seen.data_wait += time.perf_counter() - start
+        inputs, labels, _ = _batch_inputs(trainer, batch)
+        targets = labels
+        if trainer.mixup is not None:
+            rng = mixup_rng(trainer.cfg.train.seed, epoch, step * accumulate + micro, trainer.dist.rank)
+            inputs, targets = trainer.mixup(inputs, labels, rng)
+            labels = dominant_labels(targets)
+        seen.labels.append(labels)
+        yield inputs, targets
+
+
 def train_one_epoch(trainer: Trainer, epoch: int) -> dict:
-    """One pass over the training loader; the LR follows the schedule every iteration.
+    """One pass over the training loader in optimizer steps of ``train.accumulate`` micro-batches; the LR follows
+    the schedule every optimizer step. The loader's last ``len(loader) % train.accumulate`` batches (an incomplete
+    group) are left out.
 
     Returns:
         The epoch's summary (mean loss, top-1 over its batches, throughput, skipped steps).
@@ -349,7 +499,8 @@ def train_one_epoch(trainer: Trainer, epoch: int) -> dict:
     loader = trainer.train_loader
     loader.set_epoch(epoch)
     model.train()
-    num_iters = len(loader)
+    num_iters = trainer.iters_per_epoch  # optimizer steps
+    accumulate = trainer.accumulate
     world = trainer.dist.world_size
     loss_meter, top1_meter = SmoothedValue(cfg.train.log_every), SmoothedValue(cfg.train.log_every)
     iter_time, data_time = SmoothedValue(cfg.train.log_every), SmoothedValue(cfg.train.log_every)
@@ -359,13 +510,15 @@ def train_one_epoch(trainer: Trainer, epoch: int) -> dict:
         torch.cuda.reset_peak_memory_stats(device)
     snapshot = BufferSnapshot(trainer.bare_model)
     meter = trainer.meter(num_iters, f"[TRAIN] epoch {epoch + 1}/{cfg.train.epochs}")
-    for step, batch in enumerate(loader):
-        data_time.update(time.perf_counter() - end)
-        inputs, labels, _ = _batch_inputs(trainer, batch)
+    batches = iter(loader)
+    for step in range(num_iters):
         lr = trainer.lr(epoch + step / num_iters)
         for group in optimizer.param_groups:
             group["lr"] = lr
-        result = train_step(model, optimizer, inputs, labels, trainer.precision, trainer.scaler, snapshot)
+        seen = _StepInputs()
+        result = accumulation_step(model, optimizer, _micro_batches(trainer, batches, epoch, step, seen),
+                                   trainer.precision, trainer.scaler, snapshot, accumulate=accumulate)
+        data_time.update(seen.data_wait)
         trainer.iteration += 1
         meter.update()
         if not result.applied:
@@ -386,7 +539,8 @@ def train_one_epoch(trainer: Trainer, epoch: int) -> dict:
             end = time.perf_counter()
             continue
         trainer.nonfinite_streak = 0
-        batch_size = labels.shape[0]
+        labels = _joined(seen.labels)
+        batch_size = labels.shape[0]  # this rank's clips in the step: data.batch_size x accumulate
         top1 = topk_correct(result.logits, labels, (1,))[1].float().mean().item()
         loss_meter.update(result.loss, batch_size)
         top1_meter.update(top1, batch_size)
@@ -417,6 +571,7 @@ def train_one_epoch(trainer: Trainer, epoch: int) -> dict:
             )
             trainer.run_log.write("iter", record, step=trainer.iteration)
     meter.close()
+    del batches  # the incomplete trailing group (if any) is never pulled
     elapsed = time.perf_counter() - epoch_start
     summary = {
         "epoch": epoch + 1,
@@ -518,7 +673,8 @@ def checkpoint_state(trainer: Trainer, rng_states: list, metrics: dict) -> dict:
         optimizer=trainer.optimizer.state_dict(),
         scaler=trainer.scaler.state_dict() if trainer.scaler is not None else None,
         scheduler={"epoch": float(trainer.epoch), "iters_per_epoch": trainer.iters_per_epoch,
-                   "lr": trainer.lr(trainer.epoch)},
+                   "lr": trainer.lr(trainer.epoch), "accumulate": trainer.accumulate,
+                   "global_batch": global_batch(trainer.cfg, trainer.dist.world_size)},
         config=trainer.cfg.to_dict(),
         rng={"world_size": trainer.dist.world_size, "ranks": rng_states},
         metrics=metrics,
@@ -613,6 +769,7 @@ def resume(trainer: Trainer, path: Path) -> None:
             f"the run's own config (leave out -c and the model.* overrides), or start a new run from its weights "
             f"with -w {path} --output-dir NEW_DIR"
         )
+    check_accumulate_fits(trainer, state, path)
     bare.load_state_dict(state["model"])
     trainer.optimizer.load_state_dict(state["optimizer"])
     if trainer.scaler is not None and state.get("scaler"):
@@ -632,6 +789,49 @@ def resume(trainer: Trainer, path: Path) -> None:
     _log_config_changes(state.get("config") or {}, trainer.cfg.to_dict())
     log.info("resume: %s at epoch %d/%d (iteration %d, LR %.5f)", path, trainer.epoch, trainer.cfg.train.epochs,
              trainer.iteration, trainer.lr(trainer.epoch))
+
+
+def saved_accumulation(state: dict) -> tuple[int, Optional[int]]:
+    """``(accumulate, global batch)`` a checkpoint was trained with; checkpoints from before gradient accumulation
+    count as ``accumulate = 1`` and their global batch is ``data.batch_size x`` the world size they record (None
+    when unknown)."""
+    scheduler = state.get("scheduler") or {}
+    config = state.get("config") or {}
+    train_cfg, data_cfg = config.get("train") or {}, config.get("data") or {}
+    accumulate = int(scheduler.get("accumulate", train_cfg.get("accumulate", 1)) or 1)
+    if scheduler.get("global_batch") is not None:
+        return accumulate, int(scheduler["global_batch"])
+    world = (state.get("rng") or {}).get("world_size")
+    if world is None or data_cfg.get("batch_size") is None:
+        return accumulate, None
+    return accumulate, int(data_cfg["batch_size"]) * int(world) * accumulate
+
+
+def check_accumulate_fits(trainer: Trainer, state: dict, path: Path) -> None:
+    """A resume with another ``train.accumulate`` continues only with the checkpoint's global batch (clips per
+    optimizer step, which sets the LR and what a step means), e.g. 4 GPUs x ``accumulate`` 2 -> 8 GPUs x 1.
+
+    Raises:
+        engine.checkpoint.CheckpointError: ``accumulate`` changed and the global batch with it; one line, the fix.
+    """
+    saved_accumulate, saved_global = saved_accumulation(state)
+    now_global = global_batch(trainer.cfg, trainer.dist.world_size)
+    if saved_accumulate == trainer.accumulate:
+        return
+    if saved_global == now_global:
+        log.info("resume: train.accumulate was %d, now %d with %d process(es): the same global batch of %d clips "
+                 "per optimizer step, so the run continues", saved_accumulate, trainer.accumulate,
+                 trainer.dist.world_size, now_global)
+        return
+    keep = saved_global // (int(trainer.cfg.data.batch_size) * trainer.dist.world_size) if saved_global else None
+    fix = (f"-o train.accumulate={keep}" if keep and keep * int(trainer.cfg.data.batch_size) * trainer.dist.world_size
+           == saved_global else f"-o train.accumulate={saved_accumulate} on the checkpoint's process count")
+    raise ckpt.CheckpointError(
+        f"--resume {path}: train.accumulate={saved_accumulate} in the checkpoint (global batch "
+        f"{saved_global if saved_global is not None else 'unknown'}), {trainer.accumulate} now (global batch "
+        f"{now_global} = data.batch_size {trainer.cfg.data.batch_size} x {trainer.dist.world_size} process(es) x "
+        f"{trainer.accumulate}); a resumed run keeps its global batch: resume with {fix}, or start a new run from "
+        f"its weights with -w {path} --output-dir NEW_DIR")
 
 
 def _log_config_changes(saved: dict, current: dict, prefix: str = "") -> None:
@@ -842,15 +1042,25 @@ def _log_setup(trainer: Trainer) -> None:
         cfg.model.name, sum(p.numel() for p in trainer.bare_model.parameters()) / 1e6, trainer.dist.device, world,
         trainer.precision.name, cfg.model.channels_last, cfg.train.compile,
     )
+    clips = global_batch(cfg, world)
     log.info(
-        "LR: base_lr %.4g for %d clips -> %.4g for the global batch %d (%d x %d), linear warmup from %.4g "
-        "over %g epochs, half-cosine to 0 at epoch %d",
-        cfg.train.base_lr, cfg.train.base_batch,
-        scaled_lr(cfg.train.base_lr, cfg.data.batch_size, world, cfg.train.base_batch),
-        cfg.data.batch_size * world, cfg.data.batch_size, world,
-        scaled_lr(cfg.train.warmup_start_lr, cfg.data.batch_size, world, cfg.train.base_batch),
+        "LR: base_lr %.4g for %d clips -> %.4g for the global batch %d (%d x %d process(es) x %d accumulated), "
+        "linear warmup from %.4g over %g epochs, half-cosine to 0 at epoch %d",
+        cfg.train.base_lr, cfg.train.base_batch, scaled_lr(cfg.train.base_lr, clips, 1, cfg.train.base_batch),
+        clips, cfg.data.batch_size, world, trainer.accumulate,
+        scaled_lr(cfg.train.warmup_start_lr, clips, 1, cfg.train.base_batch),
         effective_warmup(cfg.train.warmup_epochs, cfg.train.epochs), cfg.train.epochs,
     )
+    dropped = len(trainer.train_loader) % trainer.accumulate
+    if dropped:
+        log.info("train.accumulate=%d: %d optimizer steps per epoch; the last %d of the %d batches per epoch (an "
+                 "incomplete group) are not trained on", trainer.accumulate, trainer.iters_per_epoch, dropped,
+                 len(trainer.train_loader))
+    if trainer.mixup is not None:
+        m = trainer.mixup
+        log.info("mixup: alpha %g, cutmix_alpha %g, prob %g, switch_prob %g, label_smoothing %g (soft-target "
+                 "cross-entropy; training top-1 against the dominant label)", m.alpha, m.cutmix_alpha, m.prob,
+                 m.switch_prob, m.label_smoothing)
     if effective_warmup(cfg.train.warmup_epochs, cfg.train.epochs) != float(cfg.train.warmup_epochs):
         log.warning(
             "train.warmup_epochs=%g is longer than %g of train.epochs=%d: warming up over %g epochs instead "

@@ -344,12 +344,16 @@ class Head(nn.Module):
         returns log-probabilities rather than logits)."""
         return self.pooling == "reference" and (height > self.window or width > self.window)
 
+    @staticmethod
+    def pool(slow: torch.Tensor, fast: torch.Tensor) -> torch.Tensor:
+        """Global average pool of each pathway over (T, H, W), concatenated: (N, Cs + Cf), slow channels first."""
+        # A mean over (T, H, W) rather than AvgPool3d + flatten: it works for any clip size and never
+        # reshapes a channels-last tensor.
+        return torch.cat([slow.mean(dim=(2, 3, 4)), fast.mean(dim=(2, 3, 4))], dim=1)  # (N, Cs + Cf)
+
     def forward(self, slow: torch.Tensor, fast: torch.Tensor) -> torch.Tensor:
         if not self.pools_positions(*slow.shape[-2:]):
-            # A mean over (T, H, W) rather than AvgPool3d + flatten: it works for any clip size and never
-            # reshapes a channels-last tensor.
-            pooled = torch.cat([slow.mean(dim=(2, 3, 4)), fast.mean(dim=(2, 3, 4))], dim=1)  # (N, Cs + Cf)
-            return self.proj(self.dropout(pooled))  # (N, num_classes)
+            return self.proj(self.dropout(self.pool(slow, fast)))  # (N, num_classes)
         kernel_h, kernel_w = min(self.window, slow.shape[-2]), min(self.window, slow.shape[-1])
         slow = F.avg_pool3d(slow, (slow.shape[2], kernel_h, kernel_w), stride=1)  # (N, Cs, 1, H', W')
         fast = F.avg_pool3d(fast, (fast.shape[2], kernel_h, kernel_w), stride=1)  # (N, Cf, 1, H', W')
@@ -424,6 +428,26 @@ class SlowFast(nn.Module):
         the reference head, log-probabilities averaged over positions as PySlowFast does (see :class:`Head`).
         Either way ``softmax`` of the output is the class probability the reference implementation reports.
         """
+        return self.head(*self.res5_features(inputs))  # (N, num_classes)
+
+    def features(self, inputs: Sequence[torch.Tensor]) -> torch.Tensor:
+        """The pooled pre-classifier features (N, C) of ``[slow, fast]`` clips, before dropout and the classifier.
+
+        ``C`` = slow + fast res5 channels (2048 + 256 = 2304 for the R50 variants): each pathway's res5 output
+        averaged over all its frames and positions (global average pooling, :meth:`Head.pool`), slow first. The
+        pooling is global at every input size, also where the reference head pools a window at several positions
+        for its scores (inputs larger than ``arch.train_crop``). :meth:`scores_and_features` gives both from one
+        forward pass.
+        """
+        return Head.pool(*self.res5_features(inputs))
+
+    def scores_and_features(self, inputs: Sequence[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(self(inputs), self.features(inputs))`` from one pass through the network."""
+        slow, fast = self.res5_features(inputs)
+        return self.head(slow, fast), Head.pool(slow, fast)
+
+    def res5_features(self, inputs: Sequence[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """The two pathways' res5 outputs, (N, 32w, T/alpha, H/32, W/32) and (N, 32w/beta_inv, T, H/32, W/32)."""
         slow, fast = self._check_inputs(inputs)
         if self.arch.fast_time_diff:
             fast = torch.cat([fast, time_difference(fast)], dim=1)  # (N, 2C, T, H, W)
@@ -436,8 +460,7 @@ class SlowFast(nn.Module):
         slow = self.fuse_res3(slow, fast)  # (N, 8w + 16w/b, T/a, H/8, W/8)
         slow, fast = self.slow_res4(slow), self.fast_res4(fast)  # (N, 16w, ., H/16, W/16), (N, 16w/b, ...)
         slow = self.fuse_res4(slow, fast)  # (N, 16w + 32w/b, T/a, H/16, W/16)
-        slow, fast = self.slow_res5(slow), self.fast_res5(fast)  # (N, 32w, ., H/32, W/32), (N, 32w/b, ...)
-        return self.head(slow, fast)  # (N, num_classes)
+        return self.slow_res5(slow), self.fast_res5(fast)  # (N, 32w, ., H/32, W/32), (N, 32w/b, ...)
 
     def returns_log_probs(self, height: int, width: int) -> bool:
         """Whether ``forward`` on ``height x width`` clips returns averaged log-probabilities (the reference head

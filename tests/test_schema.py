@@ -26,6 +26,16 @@ def test_schema_covers_every_key_of_defaults_yaml():
 
 # (override, the key the message must name first). Every rule of the brief, one or more failing values.
 BAD = [
+    # gradient accumulation and mixup
+    ("train.accumulate=0", "train.accumulate"),
+    ("train.accumulate=1.5", "train.accumulate"),
+    ("train.accumulate=true", "train.accumulate"),
+    ("train.mixup.enable=yes please", "train.mixup.enable"),
+    ("train.mixup.alpha=-0.1", "train.mixup.alpha"),
+    ("train.mixup.cutmix_alpha=.nan", "train.mixup.cutmix_alpha"),
+    ("train.mixup.prob=1.5", "train.mixup.prob"),
+    ("train.mixup.switch_prob=-0.5", "train.mixup.switch_prob"),
+    ("train.mixup.label_smoothing=2", "train.mixup.label_smoothing"),
     # choices
     ("train.precision=fp8", "train.precision"),
     ("test.precision=fp64", "test.precision"),
@@ -250,3 +260,11 @@ def test_the_test_fixture_overrides_are_accepted():
         "test.batch_size=2", "model.channels_last=false",
     ])
     assert cfg.data.train_short_side == [48, 56] and cfg.data.num_workers == 0
+
+
+def test_accumulate_and_mixup_defaults_leave_the_recipe_unchanged():
+    cfg = load_config(CONFIG_DIR / "recognition" / "slowfast" / "slowfast.yaml")
+    assert cfg.train.accumulate == 1
+    assert dict(cfg.train.mixup) == {"enable": False, "alpha": 0.8, "cutmix_alpha": 1.0, "prob": 1.0,
+                                     "switch_prob": 0.5, "label_smoothing": 0.1}  # PySlowFast's MIXUP defaults
+    assert load_config(None, ["train.mixup.enable=true", "train.accumulate=8"]).train.mixup.enable is True
