@@ -17,6 +17,7 @@ import sys
 from typing import Optional, Sequence
 
 from configs import add_config_args
+from engine.model import pin_model_from_weights
 from engine.precision import overridden_keys
 from engine.trainer import resolve_config, run_training
 from utils.errors import run_cli
@@ -52,9 +53,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     """Train as the command line ``argv`` says; returns the exit status (user errors: see run_cli)."""
     args = parse_args(argv)
     cfg = resolve_config(args.config, args.override, resume_arg=args.resume, output_dir=args.output_dir)
+    keys = overridden_keys(args.override)
+    if args.weights and args.resume is None and args.config is None and "model.name" not in keys:
+        pin_model_from_weights(cfg, args.weights)  # nothing pins the model: the weights file says what it is
     command = " ".join(["train.py", *(sys.argv[1:] if argv is None else argv)])
     run_training(cfg, validate=args.validate, resume_from=args.resume, weights=args.weights,
-                 explicit_keys=overridden_keys(args.override), progress=args.progress, overwrite=args.overwrite,
+                 explicit_keys=keys, progress=args.progress, overwrite=args.overwrite,
                  command=command)
     return 0
 

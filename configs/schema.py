@@ -25,6 +25,7 @@ BACKENDS = ("pyav", "dali")
 DEVICES = ("gpu", "cpu")
 OPTIMIZERS = ("sgd", "adamw")
 CLIP_RULES = ("reference", "spread")  # pipelines.sampling.CLIP_RULES (configs sits below pipelines)
+ENSEMBLES = ("sum", "max")  # engine.evaluator.aggregate_views
 VAL_SAMPLINGS = ("centred", "reference")  # pipelines.sampling.VAL_SAMPLINGS
 
 
@@ -232,6 +233,7 @@ SCHEMA: dict[str, Rule] = {
     "test.num_crops": POSITIVE_INT,
     "test.clip_rule": Choice("one of reference, spread", choices=CLIP_RULES),
     "test.batch_size": POSITIVE_INT,
+    "test.ensemble": Choice("one of sum, max", choices=ENSEMBLES),
     "test.output_dir": PATH,
     "test.precision": PRECISION,
 }

@@ -95,24 +95,33 @@ class ScoreDumpError(UserError, ValueError):
 # Pure functions: aggregation and metrics
 # --------------------------------------------------------------------------------------------------
 
-def aggregate_views(view_logits: torch.Tensor, num_views: int) -> torch.Tensor:
-    """Per-video sum of the per-view softmax scores (the reference ensemble).
+ENSEMBLES = ("sum", "max")
+
+
+def aggregate_views(view_logits: torch.Tensor, num_views: int, method: str = "sum") -> torch.Tensor:
+    """Per-video ensemble of the per-view softmax scores (PySlowFast's ``TEST.ENSEMBLE_METHOD``).
 
     Args:
         view_logits: (N * V, K) logits, video-major (the V views of video 0 first), as the test loader
             lays them out.
         num_views: V, views per video (``num_clips * num_crops``).
+        method: ``sum`` (the reference default: the views' softmax summed) or ``max`` (per class, the largest
+            softmax over the views; returned times V, so that dividing by V gives it, as for ``sum``).
 
     Returns:
-        (N, K) float32 scores; each row sums to V.
+        (N, K) float32 scores: V times the ensembled per-view probabilities (for ``sum`` each row sums to V).
     """
+    if method not in ENSEMBLES:
+        raise ValueError(f"test.ensemble={method!r} is unknown; choose one of {ENSEMBLES}")
     if num_views < 1:
         raise ValueError(f"num_views={num_views} must be >= 1")
     if view_logits.dim() != 2 or view_logits.shape[0] % num_views:
         raise ValueError(f"view_logits of shape {tuple(view_logits.shape)} is not (N * {num_views}, K): "
                          f"the batch must hold whole videos of num_views={num_views} views each")
-    probs = torch.softmax(view_logits.float(), dim=1)
-    return probs.view(-1, num_views, probs.shape[1]).sum(dim=1)
+    probs = torch.softmax(view_logits.float(), dim=1).view(-1, num_views, view_logits.shape[1])
+    if method == "max":
+        return probs.amax(dim=1) * num_views
+    return probs.sum(dim=1)
 
 
 def ranked_classes(scores: np.ndarray, k: Optional[int] = None) -> np.ndarray:
@@ -201,6 +210,7 @@ def collect_scores(
     channels_last: bool = True,
     progress: Optional[Progress] = None,
     features: Optional[dict[int, np.ndarray]] = None,
+    ensemble: str = "sum",
 ) -> dict[int, np.ndarray]:
     """This rank's ``{video_index: summed softmax scores (K,)}`` over ``loader`` (padding dropped).
 
@@ -248,7 +258,7 @@ def collect_scores(
             pooled = view_features.float().reshape(len(video_index), num_views, -1).mean(dim=1)  # (N, C)
             for index, row in zip(video_index.tolist(), pooled.cpu().numpy()):
                 features[index] = row
-        video_scores = aggregate_views(logits, num_views).cpu().numpy()
+        video_scores = aggregate_views(logits, num_views, ensemble).cpu().numpy()
         finite = np.isfinite(video_scores).all(axis=1)
         if world_size == 1 and not finite.all():
             raise NonFiniteOutputs("non-finite scores", video_index[~torch.from_numpy(finite)].tolist())
@@ -354,6 +364,7 @@ def evaluate(
     progress: bool = False,
     weights: Optional[str] = None,
     with_features: bool = False,
+    ensemble: str = "sum",
 ) -> EvalResult:
     """Multi-view evaluation of ``model`` over a test ``loader`` on this rank, gathered over all ranks.
 
@@ -371,6 +382,7 @@ def evaluate(
         weights: the weights file, named in the error about non-finite scores.
         with_features: also gather the per-video features (:attr:`EvalResult.features`; the model must have
             ``scores_and_features``, as :class:`models.slowfast.SlowFast` does).
+        ensemble: how the views' softmax scores combine (``test.ensemble``; :func:`aggregate_views`).
 
     Raises:
         NonFiniteOutputs: a video's scores hold NaN or Inf (on every rank alike).
@@ -384,7 +396,8 @@ def evaluate(
     meter = Progress(len(records), "[TEST]", unit="videos", enabled=progress and dist_utils.is_primary())
     try:
         local = collect_scores(model, loader, num_views=num_views, device=device, precision=precision,
-                               channels_last=channels_last, progress=meter, features=local_features)
+                               channels_last=channels_last, progress=meter, features=local_features,
+                               ensemble=ensemble)
     except NonFiniteOutputs as err:
         raise non_finite_error(weights, [records[i].path for i in err.video_indices], precision,
                                err.video_indices) from None
@@ -898,7 +911,7 @@ def predict_files(model: torch.nn.Module, cfg: Any, paths: Sequence[str], *, dev
         try:
             result = evaluate(model, loader, num_views=num_views, device=device, precision=precision,
                               channels_last=bool(cfg.model.channels_last), progress=progress, weights=weights,
-                              with_features=with_features)
+                              with_features=with_features, ensemble=str(cfg.test.ensemble))
         except NonFiniteOutputs as err:  # name the files as the user gave them, not relative to the group's root
             paths = [predictions[members[i][0]].path for i in err.video_indices]
             raise non_finite_error(weights, paths, precision, err.video_indices) from None
@@ -1039,7 +1052,7 @@ def run_test_list(cfg: Any, model: torch.nn.Module, weights: str, device: torch.
              cfg.test.batch_size, dist_utils.get_world_size(), precision.name)
     result = evaluate(model, loader, num_views=num_views, device=device, precision=precision,
                       channels_last=bool(cfg.model.channels_last), progress=progress, weights=weights,
-                      with_features=save_features_to is not None)
+                      with_features=save_features_to is not None, ensemble=str(cfg.test.ensemble))
     if dist_utils.is_primary():
         log_result(result, class_names)
         written = []

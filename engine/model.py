@@ -3,6 +3,7 @@ against the data settings it must fit. Training, the test and the benchmarks bui
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 from pathlib import Path
@@ -102,6 +103,29 @@ def build_model(cfg: Any, device: torch.device, weights: Optional[str | os.PathL
             log.info("weights: the classifier (%s) was re-initialised for model.num_classes=%d (fine-tuning)",
                      ", ".join(report.reinitialized), cfg.model.num_classes)
     return place_model(model, device, bool(cfg.model.channels_last))
+
+
+def pin_model_from_weights(cfg: Any, weights: str | os.PathLike) -> None:
+    """Set ``cfg.model`` to the architecture ``weights`` fit, for a run whose configuration does not pin the model
+    (``train.py -w FILE`` without ``-c`` or ``-o model.name``): :func:`models.load_pretrained` reads the file's
+    architecture; ``model.name`` becomes the closest registered variant and ``model.args`` the fields that differ
+    from it, so the run's saved configuration rebuilds the same network. ``model.num_classes`` stays the
+    configuration's (fine-tuning re-initialises a classifier of another size). The data is normalised as the
+    weights were trained (:func:`apply_input_conventions`).
+    """
+    if not Path(weights).is_file():
+        raise models.WeightsError(f"weights file {str(weights)!r} does not exist; pass -w with a checkpoint "
+                                  f"({WEIGHT_FORMATS_HINT})")
+    model, _ = models.load_pretrained(str(weights))
+    variant = models.create_model(model.model_name, num_classes=model.arch.num_classes).arch
+    args = {field: value for field, value in dataclasses.asdict(model.arch).items()
+            if field != "num_classes" and value != getattr(variant, field)}
+    args = {k: list(v) if isinstance(v, tuple) else v for k, v in args.items()}
+    if cfg.model.name != model.model_name or dict(cfg.model.args or {}) != args:
+        log.info("weights: %s holds %s%s; the run trains that model", weights, model.model_name,
+                 f" with {args}" if args else "")
+    cfg.model.name, cfg.model.args = model.model_name, args
+    apply_input_conventions(cfg, model)
 
 
 def loader_inputs(model: nn.Module) -> dict:

@@ -245,7 +245,9 @@ def build_trainer(
     optimizer = build_optimizer(model, cfg, device)
     wrapped = wrap_model(model, cfg, dist_info)
     alpha = int(model.arch.alpha)
-    train_loader = build_loader(cfg, "train", rank=dist_info.rank, world_size=dist_info.world_size, alpha=alpha)
+    slow_sampling = str(model.arch.slow_sampling)  # the frames the model's Slow pathway was built to take
+    train_loader = build_loader(cfg, "train", rank=dist_info.rank, world_size=dist_info.world_size, alpha=alpha,
+                                slow_sampling=slow_sampling)
     if len(train_loader) == 0:
         raise TrainingError(
             f"the training loader yields no batch: {len(train_loader.records)} videos over {dist_info.world_size} "
@@ -267,7 +269,8 @@ def build_trainer(
         )
     val_loader = None
     if validate:
-        val_loader = build_loader(cfg, "val", rank=dist_info.rank, world_size=dist_info.world_size, alpha=alpha)
+        val_loader = build_loader(cfg, "val", rank=dist_info.rank, world_size=dist_info.world_size, alpha=alpha,
+                                  slow_sampling=slow_sampling)
     return Trainer(
         cfg=cfg,
         dist=dist_info,

@@ -10,6 +10,7 @@ from __future__ import annotations
 import csv
 import json
 import logging
+import math
 import os
 import re
 import subprocess
@@ -732,3 +733,17 @@ def test_video_prediction_of_files_folders_and_patterns(dataset, tmp_path):
         assert dump["paths"].tolist() == [p for p, _ in expected]
         assert dump["labels"].tolist() == [-1, -1, -1]
         np.testing.assert_allclose(dump["scores"], reference[[2, 3, 4]] / NUM_VIEWS, atol=1e-5)
+
+
+def test_max_ensemble_takes_each_classs_largest_view_probability_by_hand():
+    """PySlowFast's TEST.ENSEMBLE_METHOD max: per class, the largest softmax over the views (x V in our scores)."""
+    logits = torch.tensor([[0.0, math.log(3.0)],    # video 0, view 0: softmax (0.25, 0.75)
+                           [math.log(3.0), 0.0],    # video 0, view 1: softmax (0.75, 0.25)
+                           [0.0, 0.0],              # video 1, view 0: (0.5, 0.5)
+                           [0.0, math.log(4.0)]])   # video 1, view 1: (0.2, 0.8)
+    scores = ev.aggregate_views(logits, num_views=2, method="max")
+    assert torch.allclose(scores / 2, torch.tensor([[0.75, 0.75], [0.5, 0.8]]), atol=1e-6)
+    assert torch.allclose(ev.aggregate_views(logits, 2, "sum") / 2, torch.tensor([[0.5, 0.5], [0.35, 0.65]]),
+                          atol=1e-6)
+    with pytest.raises(ValueError, match="test.ensemble='mean' is unknown"):
+        ev.aggregate_views(logits, 2, "mean")
