@@ -28,6 +28,7 @@ in configs/demo.yaml).
 from __future__ import annotations
 
 import argparse
+import datetime
 import json
 import os
 import subprocess
@@ -43,6 +44,7 @@ from engine.precision import overridden_keys
 from engine.trainer import run_training
 from pipelines.synthetic import generate_dataset
 from utils.cpus import available_cores
+from utils.atomic import write_text
 from utils.errors import run_cli
 
 REPO = Path(__file__).resolve().parent.parent
@@ -55,6 +57,7 @@ DATASET = {"width": 40, "height": 32, "num_frames": 16, "fps": 30.0, "codec": "v
 GPU_DATA_DIR = "data/synthetic_motion_h264"
 GPU_DATASET = {**DATASET, "width": 60, "height": 48, "codec": "h264"}
 TARGET_TOP1 = 0.90
+RESULTS_DIR = REPO / "benchmarks" / "results"
 
 
 def dataset_for_device(cuda: bool) -> tuple[str, dict]:
@@ -103,6 +106,9 @@ def demo(argv: Optional[Sequence[str]] = None) -> int:
         help="train from scratch in a new output directory instead of reusing output/demo",
     )
     parser.add_argument("--skip-test", action="store_true", help="stop after training")
+    parser.add_argument("--save", action="store_true",
+                        help="also record the run in benchmarks/results/demo-<date>-<device>.json and "
+                             "latest-demo.json (the figures README.md quotes: python -m benchmarks.readme)")
     args = parser.parse_args(argv)
     os.chdir(REPO)  # the config's relative paths (data/, output/) are the repository's
 
@@ -186,11 +192,43 @@ def demo(argv: Optional[Sequence[str]] = None) -> int:
         + ", ".join(f"{k} {v:.0f} s" for k, v in timings.items())
         + f", total {sum(timings.values()):.0f} s"
     )
+    record = demo_record(summary, acc, timings, trained=resume_from is None, cuda=cuda, model=cfg.model.name)
+    written = [write_text(output_dir / "demo.json", json.dumps(record, indent=2) + "\n")]
+    if args.save:
+        stem = f"demo-{record['date']}-{record['device'].replace(' ', '-')}"
+        for name in (f"{stem}.json", "latest-demo.json"):
+            written.append(write_text(RESULTS_DIR / name, json.dumps(record, indent=2) + "\n"))
+    print("demo: wrote " + ", ".join(str(p) for p in written))
     if top1 < TARGET_TOP1:
         print(
             f"demo: validation top-1 is below the demo's target of {100 * TARGET_TOP1:.0f}%", file=sys.stderr
         )
     return 0
+
+
+def demo_record(summary: dict, acc: Optional[dict], timings: dict, *, trained: bool, cuda: bool,
+                model: str = "slowfast_tiny") -> dict:
+    """What one demo run measured, as written to ``<output>/demo.json`` (and, with ``--save``, to
+    ``benchmarks/results/``): the figures README.md quotes come from this file, never from prose."""
+    if cuda:
+        device = torch.cuda.get_device_name(0)
+    else:
+        device = f"cpu-{available_cores()}-cores"
+    return {
+        "date": datetime.date.today().isoformat(),
+        "device": device,
+        "trained_in_this_run": trained,  # False: a finished earlier run was reused, only the test ran
+        "model": model,
+        "val_top1": summary.get("best_top1"),
+        "best_epoch": summary.get("best_epoch"),
+        "epochs": summary.get("epochs"),
+        "test_acc1": None if acc is None else acc.get("acc1"),
+        "test_acc5": None if acc is None else acc.get("acc5"),
+        "test_videos": None if acc is None else acc.get("num_evaluated"),
+        "test_views": None if acc is None else f"{acc.get('num_clips')}x{acc.get('num_crops')}",
+        "seconds": {k: round(v, 1) for k, v in timings.items()},
+        "total_seconds": round(sum(timings.values()), 1),
+    }
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
