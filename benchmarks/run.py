@@ -35,8 +35,9 @@ import time
 import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional
+from typing import Callable, Optional
 
+import numpy as np
 import torch
 
 from benchmarks.environment import NvdecMonitor, environment
@@ -53,6 +54,38 @@ STAGES = ("loader", "model", "e2e", "multicrop")
 # GPU generations every planned dataset must decode on (tests/test_benchmarks.py checks the plan)
 PLANNED_ARCHS = ("hopper", "ga100")
 log = logging.getLogger("benchmarks")
+
+
+@dataclass
+class KineticsSets:
+    """Short Kinetics-geometry VP9 sets (DALI's CPU decoder reads VP9) on which the project's CPU loaders and
+    the peers (:mod:`benchmarks.peers`) do the same work: training clips of ``frames`` frames ``stride`` apart,
+    short side in ``short_side``, ``crop`` crop; test ``num_clips`` x ``num_crops`` views at ``test_short_side``."""
+
+    width: int = 340
+    height: int = 256
+    seconds: float = 4.0
+    gops: tuple[int, ...] = (16, 250)
+    videos: int = 2
+    repeat: int = 6                 # each video listed this often (different planned clips), so an epoch is long
+    frames: int = 32
+    stride: int = 2
+    short_side: tuple[int, int] = (256, 320)
+    crop: int = 224
+    test_short_side: int = 256
+    test_crop: int = 256
+    num_clips: int = 10
+    num_crops: int = 3
+    batch: int = 2
+    rounds: int = 2
+    iters: int = 2
+    test_rounds: int = 2
+    test_workers: tuple[str, ...] = ("all",)   # the test path with all cores only (the smoke run's time budget)
+    starts: int = 3                 # clip start positions of the cost-by-start sweep
+    start_rounds: int = 2           # after one warm-up round
+
+    def name(self, gop: int) -> str:
+        return f"k400-{self.width}x{self.height}-vp9-{self.seconds:g}s-gop{gop}"
 
 
 @dataclass
@@ -83,6 +116,7 @@ class Suite:
     largest_batch: bool = True
     num_classes: int = 400
     e2e_set: Optional[str] = None  # dataset of stages 3-4 (default: the last loader set)
+    kinetics: Optional["KineticsSets"] = None  # Kinetics-geometry VP9 sets: CPU loaders vs peers
     stages: tuple[str, ...] = STAGES
 
     def __post_init__(self) -> None:
@@ -133,6 +167,8 @@ SUITES = {
         loader_sets=("tiny-128x128-vp9", "tiny-160x128-vp9"),
         scaling_batches=(2, 4), warmup=1, repeats=3, iters=2, num_clips=2, num_crops=3, eval_videos=4,
         compile=False, largest_batch=False, num_classes=8,
+        # real Kinetics geometry on the CPU: the project's CPU loaders against the peers (benchmarks/peers.py)
+        kinetics=KineticsSets(),
     ),
     # make gpu-check: a few minutes on one GPU with the real geometry (340x256 H.264, GOP 16 and 250, R50 4x16
     # at 224, bf16 channels-last vs the PyAV + fp32 baseline); small dataset, short windows, no compile
@@ -463,7 +499,13 @@ def stage_model(suite: Suite, results: Results) -> dict:
                 except torch.cuda.OutOfMemoryError:
                     results.skip("2 model", group, variant.name, "out of memory", "clips/s")
                     continue
-                results.add("2 model", group, variant.name, m, baseline=(variant is BASELINE))
+                row = results.add("2 model", group, variant.name, m, baseline=(variant is BASELINE))
+                if variant is ours and device.type == "cpu" and row.ratio:
+                    # the memory format is chosen per device by this measurement: channels-last on CUDA (cuDNN's
+                    # NDHWC kernels), NCDHW on the CPU where channels-last 3D measured slower in fp32
+                    row.extra["memory_format"] = ("cpu: channels-last is " + f"{row.ratio:.2f}x NCDHW here -> "
+                                                  + ("NCDHW" if row.ratio < 1 else "channels-last") + " for cpu; "
+                                                  "cuda: channels-last")
                 if batch == suite.batch and variant is not BASELINE:
                     bounds[model_name] = max(bounds.get(model_name, 0.0), m.median)
         if not suite.compile:
@@ -578,6 +620,256 @@ def stage_multicrop(suite: Suite, roots: dict[str, Path], results: Results) -> N
         results.add("4 multicrop", group, label, m, baseline=(i == 0))
 
 
+# ---------------------------------------------------------------------------------------------- Kinetics geometry vs peers
+
+def prepare_kinetics(sets: KineticsSets, data_dir: Path, gop: int) -> tuple[Path, list]:
+    """Render (or reuse) ``sets.videos`` Kinetics-geometry VP9 videos with keyframes every ``gop`` frames."""
+    import json
+
+    from pipelines.dataset import VideoRecord
+    from pipelines.synthetic import CLASSES, render_video, video_spec
+    from pipelines.video_io import write_video
+
+    root = data_dir / sets.name(gop)
+    num_frames = int(round(30 * sets.seconds))
+    manifest = {"width": sets.width, "height": sets.height, "frames": num_frames, "gop": gop, "videos": sets.videos,
+                "codec": "vp9", "version": 1}
+    records = []
+    done = root / "manifest.json"
+    reuse = done.is_file() and json.loads(done.read_text()) == manifest
+    root.mkdir(parents=True, exist_ok=True)
+    for i in range(sets.videos):
+        label = i % len(CLASSES)
+        path = root / f"video_{i:02d}.webm"
+        if not reuse:
+            spec = video_spec(0, "train", i, label, sets.width, sets.height, num_frames, mode="kinetics")
+            write_video(path, render_video(spec), fps=30, codec="vp9", keyframe_interval=gop)
+        records.append(VideoRecord(path.name, label, num_frames=num_frames, fps=30.0, width=sets.width,
+                                   height=sets.height, codec="vp9", keyframe_interval=gop))
+    if not reuse:
+        done.write_text(json.dumps(manifest))
+    return root, records
+
+
+def _kinetics_config(sets: KineticsSets, root: Path, backend: str, workers: int) -> object:
+    return load_config(None, [
+        "model.name=slowfast_r50_4x16", f"data.root={root}", f"data.backend={backend}", "data.device=cpu",
+        f"data.num_frames={sets.frames}", f"data.sampling_rate={sets.stride}", "data.target_fps=30",
+        f"data.train_short_side=[{sets.short_side[0]},{sets.short_side[1]}]", f"data.train_crop={sets.crop}",
+        f"data.val_crop={sets.crop}", f"data.test_short_side={sets.test_short_side}", f"data.test_crop={sets.test_crop}",
+        f"data.batch_size={sets.batch}", f"data.num_workers={workers}", "data.prefetch=2", "test.batch_size=1",
+        f"test.num_clips={sets.num_clips}", f"test.num_crops={sets.num_crops}", "model.num_classes=8",
+        "model.channels_last=true", "data.seed=0"])
+
+
+def _window(make_iter, items_of, iters: int) -> float:
+    """One timed window: a fresh iterator, one warm-up batch (worker start, pipeline build), ``iters`` batches."""
+    iterator = iter(make_iter())
+    next(iterator)
+    start = time.perf_counter()
+    items = 0.0
+    for _ in range(iters):
+        items += items_of(next(iterator))
+    elapsed = time.perf_counter() - start
+    del iterator
+    return items / elapsed
+
+
+def _rounds(contenders: dict, rounds: int, iters: int, items_of, unit: str) -> dict[str, Measurement]:
+    """Interleave the contenders' windows in rounds (contention from other work hits all alike)."""
+    values: dict[str, list[float]] = {name: [] for name in contenders}
+    failed: dict[str, str] = {}
+    for _ in range(rounds):
+        for name, make_iter in contenders.items():
+            if name in failed:
+                continue
+            try:
+                values[name].append(_window(make_iter, items_of, iters))
+            except Exception as err:  # noqa: BLE001 - one failing contender is reported, the others run
+                log.error("contender %s failed: %s\n%s", name, err, traceback.format_exc())
+                failed[name] = f"failed: {type(err).__name__}: {err}"
+    out = {}
+    for name, vals in values.items():
+        out[name] = failed.get(name) or Measurement(unit=unit, values=vals, items_per_window=float(iters))
+    return out
+
+
+PROJECT_PYAV, PROJECT_DALI = "this project: PyAV loader", "this project: DALI CPU loader"
+
+
+def stage_kinetics_loaders(sets: KineticsSets, data_dir: Path, results: Results,
+                           parts: tuple[str, ...] = ("train", "test")) -> None:
+    """Kinetics geometry, GOP 16 and 250: the project's CPU loaders against the peers (training clips and the
+    10x3-view test path), per core and with all cores, decoded frames per clip, and cost by clip start."""
+    from benchmarks.peers import TRAIN_PEERS, PeerLoader, decord_test_views, frames_from_keyframe, keyframe_numbers
+    from benchmarks.peers import peer_status
+    from pipelines import build_loader
+
+    status = peer_status()
+    cores = max(available_cores(), 1)
+    prepared = {}
+    for gop in sets.gops:  # every video first: see benchmarks.peers.peer_status on decord and PyAV's encoder
+        try:
+            prepared[gop] = prepare_kinetics(sets, data_dir, gop)
+        except Exception as err:  # noqa: BLE001
+            results.skip("1 loader", sets.name(gop), "all", f"dataset failed: {type(err).__name__}: {err}",
+                         "clips/s")
+    for gop, (root, records) in prepared.items():
+        name = sets.name(gop)
+        listed = [r for _ in range(sets.repeat) for r in records]
+        dali_reason = _codec_ok("dali", "cpu", {"codec": "vp9", "width": sets.width, "height": sets.height,
+                                                **WRITTEN_FORMAT["vp9"]})
+        keyframes = {r.path: keyframe_numbers(str(root / r.path)) for r in records}
+        planner = build_loader(_kinetics_config(sets, root, "pyav", 0), "train", alpha=8, records=listed)
+        plans = [p for batch in planner.epoch_batches() for p in batch]
+        items = [(str(root / planner.records[p.record_index].path), p) for p in plans]
+        s = planner.settings
+        mean, std = s.mean, s.std
+
+        def peer_work(fn):
+            return lambda path, plan: fn(path, plan.clips[0], plan.crops[0], mean, std)
+
+        # ---- training clips: clips/s per core and with all cores
+        for workers in (sorted({1, cores}) if "train" in parts else ()):
+            group = f"{name} train b{sets.batch} {workers} worker{'s' if workers > 1 else ''}"
+            contenders, skipped = {}, {}
+            for label, backend in ((PROJECT_PYAV, "pyav"), (PROJECT_DALI, "dali")):
+                if backend == "dali" and dali_reason:
+                    skipped[label] = dali_reason
+                    continue
+                loader = build_loader(_kinetics_config(sets, root, backend, workers), "train", alpha=8, records=listed)
+                contenders[label] = (lambda loader=loader: loader)
+            for label, (module, fn) in TRAIN_PEERS.items():
+                if module and status.get(module):
+                    skipped[label] = status[module]
+                    continue
+                contenders[label] = (lambda fn=fn, w=workers: PeerLoader(items, peer_work(fn), sets.batch, w))
+            figures = _rounds(contenders, sets.rounds, sets.iters, lambda b: float(sets.batch), "clips/s")
+            _report_against_peers(results, "1 loader", group, figures, skipped)
+            for label in (PROJECT_PYAV, PROJECT_DALI, *TRAIN_PEERS):
+                row = next((r for r in results.rows if r.group == group and r.variant == label and r.median), None)
+                if row is None:
+                    continue
+                decoded = [frames_from_keyframe(keyframes[planner.records[p.record_index].path], p.clips[0])
+                           for p in plans]
+                if label == "PyAV as PySlowFast":
+                    row.extra["decoded_frames_per_clip"] = "seek to the span's timestamp - 1024 pts, then forward"
+                else:
+                    row.extra["decoded_frames_per_clip"] = round(float(np.mean(decoded)), 1)
+        # ---- cost by clip start (one thread, this process): from-frame-0 decoding shows as a rising cost
+        if "train" in parts:
+            _cost_by_start(sets, root, records, planner, keyframes, status, results, name, mean, std)
+        # ---- test path: 10x3 views per video, decode once
+        test_workers = sorted({1 if w == "1" else cores for w in sets.test_workers})
+        for workers in (test_workers if "test" in parts else ()):
+            group = f"{name} test {sets.num_clips}x{sets.num_crops} views {workers} worker{'s' if workers > 1 else ''}"
+            contenders, skipped = {}, {}
+            for label, backend in ((PROJECT_PYAV, "pyav"), (PROJECT_DALI, "dali")):
+                if backend == "dali" and dali_reason:
+                    skipped[label] = dali_reason
+                    continue
+                loader = build_loader(_kinetics_config(sets, root, backend, workers), "test", alpha=8,
+                                      records=listed)
+                contenders[label + " (decode once)"] = (lambda loader=loader: loader)
+            test_planner = build_loader(_kinetics_config(sets, root, "pyav", 0), "test", alpha=8, records=listed)
+            test_items = [(str(root / test_planner.records[p.record_index].path), p)
+                          for batch in test_planner.epoch_batches() for p in batch]
+            if status.get("decord"):
+                skipped["decord decode once (MMAction2)"] = status["decord"]
+            else:
+                contenders["decord decode once (MMAction2)"] = (
+                    lambda w=workers: PeerLoader(test_items, lambda path, plan: decord_test_views(path, plan, mean, std),
+                                                 1, w))
+            figures = _rounds(contenders, sets.test_rounds, 1, lambda b: 1.0, "videos/s")
+            _report_against_peers(results, "4 multicrop", group, figures, skipped)
+
+
+def _report_against_peers(results: Results, stage: str, group: str, figures: dict, skipped: dict) -> None:
+    """Rows of one group; the project's rows carry their ratio against the best peer (``vs_best_peer``)."""
+    peers = {k: v for k, v in figures.items() if not k.startswith("this project") and isinstance(v, Measurement)}
+    best = max(peers.items(), key=lambda kv: kv[1].median, default=None)
+    for label, figure in figures.items():
+        if not isinstance(figure, Measurement):
+            results.skip(stage, group, label, figure, "clips/s" if stage.startswith("1") else "videos/s")
+            continue
+        extra = {}
+        if label.startswith("this project") and best:
+            extra = {"vs_best_peer": round(figure.median / best[1].median, 2), "best_peer": best[0]}
+        results.add(stage, group, label, figure, baseline=bool(best) and label == best[0], **extra)
+    for label, reason in skipped.items():
+        results.skip(stage, group, label, reason, "clips/s" if stage.startswith("1") else "videos/s")
+
+
+def _cost_by_start(sets, root, records, planner, keyframes, status, results, name, mean, std) -> None:
+    """ms per clip at a few start frames, one thread, each contender on the same clip geometry."""
+    from benchmarks.peers import TRAIN_PEERS, frames_from_keyframe
+    from pipelines.base import ClipPlan
+    from pipelines.clip_segment import Segment
+
+    record = records[0]
+    path = str(root / record.path)
+    span = (sets.frames - 1) * sets.stride + 1
+    starts = np.linspace(0, record.num_frames - span, sets.starts).astype(int).tolist()
+    params = planner.plan(0).crops[0]
+    contenders: dict[str, Callable] = {}
+    from pipelines import build_loader
+
+    pyav = build_loader(_kinetics_config(sets, root, "pyav", 0), "train", alpha=8, records=records)
+
+    def project_pyav(clip):
+        plan = ClipPlan(0, 0, 0, 0, clip[None], [params])
+        return pyav.normalise(pyav.decode_views(plan))
+
+    contenders[PROJECT_PYAV] = project_pyav
+    if not _codec_ok("dali", "cpu", {"codec": "vp9", "width": sets.width, "height": sets.height,
+                                     **WRITTEN_FORMAT["vp9"]}):
+        from pipelines.dali_loader import _Sample
+
+        dali = build_loader(_kinetics_config(sets, root, "dali", 1), "train", alpha=8, records=records)
+        encoded = dali._read(0)
+
+        def dali_clip(clip, whole=False):
+            sample = _Sample(ClipPlan(0, 0, 0, 0, clip[None], [params]), encoded)
+            sample.segments = ([Segment(encoded, clip.astype(np.int32), 0, -1)] if whole
+                               else dali._segments(sample))
+            inputs = dali._dali_inputs([sample])
+            pipe = dali._new_pipeline(lambda: inputs, 1)
+            start = time.perf_counter()
+            pipe.run()
+            return time.perf_counter() - start
+
+        contenders[PROJECT_DALI] = dali_clip
+        contenders["DALI CPU given the whole file (before the segment fix)"] = lambda c: dali_clip(c, whole=True)
+    for label, (module, fn) in TRAIN_PEERS.items():
+        if module and status.get(module):
+            continue
+        contenders[label] = lambda clip, fn=fn: fn(path, clip, params, mean, std)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        costs: dict[str, dict[int, list[float]]] = {k: {s: [] for s in starts} for k in contenders}
+        for _ in range(1 + sets.start_rounds):  # rounds: every contender at every start, interleaved
+            for label, work in contenders.items():
+                for s0 in starts:
+                    clip = np.arange(s0, s0 + span, sets.stride, dtype=np.int64)
+                    start = time.perf_counter()
+                    timed = work(clip)
+                    elapsed = timed if isinstance(timed, float) else time.perf_counter() - start
+                    costs[label][s0].append(elapsed * 1000)
+    finally:
+        torch.set_num_threads(threads)
+    group = f"{name} ms per clip by start frame (1 thread)"
+    for label, by_start in costs.items():
+        medians = {s0: float(np.median(v[1:])) for s0, v in by_start.items()}  # the first round warms up
+        m = Measurement(unit="ms/clip", values=by_start[starts[-1]][1:], items_per_window=1.0)
+        decoded = {s0: (s0 + span if "whole file" in label
+                        else frames_from_keyframe(keyframes[record.path], np.arange(s0, s0 + span, sets.stride)))
+                   for s0 in starts}
+        results.add("1 loader", group, label, m,
+                    ms_by_start=", ".join(f"{s0}: {medians[s0]:.0f}" for s0 in starts),
+                    decoded_frames_by_start=", ".join(f"{s0}: {decoded[s0]}" for s0 in starts))
+
+
 def run(suite_name, out_dir: Path, data_dir: Path, only: Optional[set[str]] = None) -> dict[str, Path]:
     """Run a suite (a name of SUITES, or a :class:`Suite`) and write its results under ``out_dir``."""
     suite = suite_name if isinstance(suite_name, Suite) else SUITES[suite_name]
@@ -595,12 +887,16 @@ def run(suite_name, out_dir: Path, data_dir: Path, only: Optional[set[str]] = No
         try:
             if stage == "loader":
                 stage_loader(suite, roots, results)
+                if suite.kinetics:
+                    stage_kinetics_loaders(suite.kinetics, data_dir, results, parts=("train",))
             elif stage == "model":
                 bounds = stage_model(suite, results)
             elif stage == "e2e":
                 stage_e2e(suite, roots, results, bounds)
             else:
                 stage_multicrop(suite, roots, results)
+                if suite.kinetics:
+                    stage_kinetics_loaders(suite.kinetics, data_dir, results, parts=("test",))
         except Exception as err:  # a broken stage is reported in the results, the others still run
             log.error("stage %s failed: %s\n%s", stage, err, traceback.format_exc())
             results.skip(stage, "all", "all", f"failed: {type(err).__name__}: {err}")

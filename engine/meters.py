@@ -19,7 +19,6 @@ from typing import Any, Iterable, Mapping
 
 import torch
 
-from utils.progress import format_duration  # noqa: F401  (re-exported: logs and meters write durations alike)
 
 LOG_FORMAT = "%(asctime)s %(levelname)s %(message)s"
 

@@ -9,8 +9,11 @@ How the parameters flow:
 1. The base plans the epoch (``epoch_batches``: this rank's shard, each video's frame indices and crops from
    ``pipelines.sampling``), exactly as for the PyAV baseline, so both backends deliver the same clips.
 2. Per batch, the external source's callback resolves each slot (``resolve``: known-bad videos replaced or
-   left out), reads the encoded files (``numpy.fromfile``, on a thread pool) and hands DALI one sample per
-   clip: bytes, frame indices, resized size, crop corner, flip.
+   left out), reads the encoded files (``numpy.fromfile``, on a thread pool), cuts each clip's GOP-aligned
+   segment on the same pool (:mod:`pipelines.clip_segment`; test decode once: the file from the keyframe
+   before the first clip) and hands DALI one sample per clip: segment bytes, frame indices shifted into
+   it, resized size, crop corner, flip. NOTE: without the segment DALI 2.4 decodes every clip from frame 0
+   (see :mod:`pipelines.clip_segment`).
 3. DALI decodes all samples of the batch concurrently, resizes, crops, flips and normalises on the
    device, and emits (N, T, H, W, C). That buffer is taken by torch through DLPack without a copy and
    handed out as ``permute(0, 4, 1, 2, 3)``: an (N, C, T, H, W) view in ``torch.channels_last_3d``.
@@ -55,8 +58,10 @@ except ImportError as err:  # pipelines.build_loader turns this into BackendUnav
 
 from pipelines import BackendUnavailable
 from pipelines.base import SPLITS, ClipPlan, LoaderSettings, VideoLoader, regular_file_error, video_rotation
-from pipelines.codecs import DALI_CPU_CODECS, DALI_GPU_CODECS, dali_reads
+from pipelines.clip_segment import clip_segment
+from pipelines.codecs import DALI_CPU_CODECS
 from pipelines.dataset import DatasetError, VideoRecord, load_records
+from pipelines.preflight import PreflightError, preflight_data
 from pipelines.probe import ProbeError, probe_video
 from utils.cpus import worker_count
 
@@ -90,10 +95,15 @@ def error_signature(message: str) -> str:
 
 @dataclass
 class _Sample:
-    """One slot of a batch, resolved, with its encoded bytes."""
+    """One slot of a batch, resolved, with its encoded bytes and what DALI is handed for it.
+
+    ``segments``: per clip (decode once: one, for the union of the clips' frames), the GOP-aligned part of
+    the file and the frame numbers shifted for it (:func:`pipelines.clip_segment.clip_segment`).
+    """
 
     plan: ClipPlan
     encoded: np.ndarray = field(repr=False)
+    segments: list = field(default_factory=list, repr=False)
 
 
 class _Feeder:
@@ -159,7 +169,8 @@ class DaliVideoLoader(VideoLoader):
             raise BackendUnavailable(
                 "data.device=gpu needs a CUDA GPU, and torch sees none; "
                 "use -o data.device=cpu (DALI's CPU decoder, "
-                "VP8/VP9/MJPEG data: `python -m pipelines.prepare --codec vp9`) or -o data.backend=pyav")
+                "VP8/VP9/MJPEG data: `python -m pipelines.prepare --root ROOT --list LIST --transcode-to NEW_ROOT "
+                "--codec vp9`) or -o data.backend=pyav")
         # CPU placement always emits float32 (the model runs on the CPU in fp32 or autocasts itself)
         self._dtype_name = str(data.dtype) if self.placement == "gpu" else "fp32"
         if self._dtype_name not in TORCH_DTYPES:
@@ -167,7 +178,9 @@ class DaliVideoLoader(VideoLoader):
         settings = LoaderSettings.from_config(cfg, imported_weights=imported_weights, slow_sampling=slow_sampling)
         super().__init__(records, data.root, split, settings=settings, rank=rank,
                          world_size=world_size, alpha=alpha)
-        _check_codecs([r for i, r in enumerate(self.records) if not self.is_bad(i)], self.root, self.placement)
+        list_path = data.get(f"{split}_list") or "the given files"
+        _check_codecs([r for i, r in enumerate(self.records) if not self.is_bad(i)], self.root, self.placement,
+                      list_path)
         self.dtype = TORCH_DTYPES[self._dtype_name]
         self.decode_once = split == "test" and not decode_per_view
         if self.placement == "gpu":
@@ -255,7 +268,18 @@ class DaliVideoLoader(VideoLoader):
             for plan, error in unreadable:
                 self.mark_bad(plan.record_index, f"cannot read: {error}")
             if not unreadable:  # else resolve again: the unreadable ones are now known bad
-                return [_Sample(plan, encoded) for plan, (encoded, _, _) in zip(plans, results)]
+                samples = [_Sample(plan, encoded) for plan, (encoded, _, _) in zip(plans, results)]
+                for sample, segments in zip(samples, self._readers.map(self._segments, samples)):
+                    sample.segments = segments
+                return samples
+
+    def _segments(self, sample: _Sample) -> list:
+        """What DALI decodes for a sample: per clip (decode once: for the union of the clips' frames) the
+        segment from the keyframe at or before its first frame (see :mod:`pipelines.clip_segment`: DALI 2.4
+        decodes every in-memory sample from frame 0, so this bounds its work by the span plus one GOP)."""
+        if self.decode_once:
+            return [clip_segment(sample.encoded, np.unique(sample.plan.clips))]
+        return [clip_segment(sample.encoded, clip) for clip in sample.plan.clips]
 
     def _dali_inputs(self, samples: list[_Sample]) -> tuple:
         """Per-sample lists in the order of dali_pipelines.CLIP_INPUTS / VIDEO_INPUTS."""
@@ -263,17 +287,18 @@ class DaliVideoLoader(VideoLoader):
             columns = {name: [] for name in VIDEO_INPUTS}
             for sample in samples:
                 params = sample.plan.crops[0]  # test crops share one resized size
-                columns["encoded"].append(sample.encoded)
-                columns["frames"].append(np.unique(sample.plan.clips).astype(np.int32))
+                (segment,) = sample.segments  # the union of the clips' frames, np.unique order
+                columns["encoded"].append(segment.encoded)
+                columns["frames"].append(segment.frames)
                 columns["resize_h"].append(np.float32(params.resize_h))
                 columns["resize_w"].append(np.float32(params.resize_w))
             return tuple(columns[name] for name in VIDEO_INPUTS)
         columns = {name: [] for name in CLIP_INPUTS}
         for sample in samples:
-            for clip in sample.plan.clips:         # clip-major: view = clip * num_crops + crop
+            for segment in sample.segments:         # clip-major: view = clip * num_crops + crop
                 for params in sample.plan.crops:
-                    columns["encoded"].append(sample.encoded)
-                    columns["frames"].append(clip.astype(np.int32))
+                    columns["encoded"].append(segment.encoded)
+                    columns["frames"].append(segment.frames)
                     columns["resize_h"].append(np.float32(params.resize_h))
                     columns["resize_w"].append(np.float32(params.resize_w))
                     columns["crop_start"].append(np.array([params.y, params.x], dtype=np.int32))
@@ -425,21 +450,16 @@ def _first_line(err: BaseException) -> str:
     return (useful or lines or [type(err).__name__])[0][:300]
 
 
-def _check_codecs(records: list[VideoRecord], root: Path, placement: str) -> None:
-    bad = [r for r in records if r.codec and not dali_reads(r.codec, placement)]
-    if not bad:
-        return
-    examples = ", ".join(f"{str(root / r.path)!r} ({r.codec})" for r in bad[:3])
-    if placement == "cpu":
-        raise DaliCodecError(
-            f"data.device=cpu: DALI's CPU decoder reads only {sorted(DALI_CPU_CODECS)}, but {len(bad)} of "
-            f"{len(records)} video(s) are in other codecs, e.g. {examples}. Transcode them with "
-            f"`python -m pipelines.prepare --codec vp9`, or decode on the GPU (-o data.device=gpu), "
-            f"or use the PyAV loader (-o data.backend=pyav)")
-    raise DaliCodecError(
-        f"data.device=gpu: DALI's video decoder reads {sorted(DALI_GPU_CODECS)}, but {len(bad)} video(s) are in "
-        f"other codecs, e.g. {examples}. Transcode them with `python -m pipelines.prepare --codec vp9` "
-        f"or use -o data.backend=pyav")
+def _check_codecs(records: list[VideoRecord], root: Path, placement: str, list_path: str | Path) -> None:
+    """Refuse, at build time, videos DALI cannot decode in ``placement``: the capability table's check
+    (:func:`pipelines.preflight.preflight_data`: codec, and on the GPU profile, bit depth, chroma and size for
+    this GPU's generation), whose message names the videos and the exact transcoding command."""
+    try:
+        preflight_data(records, root, list_path, placement)
+    except PreflightError as err:
+        alternative = ("decode on the GPU (-o data.device=gpu) or use the PyAV loader (-o data.backend=pyav)"
+                       if placement == "cpu" else "or use the PyAV loader (-o data.backend=pyav)")
+        raise DaliCodecError(f"data.device={placement}: {err}; or {alternative}") from None
 
 
 def build_dali_loader(cfg: Any, split: str, *, rank: int = 0, world_size: int = 1, alpha: int = 8,

@@ -17,8 +17,14 @@ What runs where (``placement``):
 - ``cpu``: DALI's CPU decoder (libavcodec, VP8/VP9/MJPEG only) and CPU kernels.
 
 The decoder works on all samples of a batch concurrently (a thread per sample on the CPU, NVDEC
-sessions on the GPU) and, given ``frames``, decodes only from the keyframe before each requested
-frame up to the last requested one.
+sessions on the GPU) and, given ``frames``, stops after the last requested frame.
+
+NOTE: it does NOT seek. DALI 2.4 builds no frame index for in-memory input
+(``dali/operators/video/decoder/video_decoder_base.h``: ``CreateDecoder`` ignores ``build_index``) and
+``frames_decoder_base.cc``'s ``SeekFrame`` then walks forward from frame 0, with a fresh decoder per sample
+per iteration: measured, a clip's cost grows linearly with its start frame, the same at GOP 16 and 250
+(/work/shared/notes/dali-seeking.md). So the loader hands the graph the GOP-aligned segment of each clip
+(:mod:`pipelines.clip_segment`, frames renumbered), and decoding starts at the keyframe before the clip.
 """
 from __future__ import annotations
 

@@ -4,8 +4,9 @@ This is the reference implementation of the sampling semantics of :mod:`pipeline
 style of PySlowFast's loader) and the fallback for codecs that DALI's CPU decoder cannot read (H.264 on
 a machine without a GPU). The contract (what a batch holds, shards, epochs, padding, the replacement of
 an undecodable video, failures, probing of unindexed lists) is :class:`pipelines.base.VideoLoader`'s;
-this module only decodes (:func:`decode_frames`) and transforms (:func:`pipelines.transforms.apply_spatial`)
-the planned clips. Each worker decodes a video once per slot (the union of its clips' frames) and cuts
+this module only decodes (:func:`decode_frames`) and transforms the planned clips: resized in uint8, cut
+as views, normalised last into the batch, only the kept pixels (:mod:`pipelines.transforms`; within one
+level's rounding of the float reference ``apply_spatial``). Each worker decodes a video once per slot (the union of its clips' frames) and cuts
 every view of it. Frames are picked by frame number (the contract's rule: the i-th frame the decoder
 outputs), never by timestamp, so variable-frame-rate videos give the frames DALI gives; the numbers come
 from one demux pass per decode (packets ranked by timestamp, no decoding: about 5 % of a clip's decode time
@@ -22,7 +23,7 @@ import torch
 
 from pipelines.base import SPLITS, ClipPlan, LoaderSettings, VideoLoader, display_rotation, regular_file_error
 from pipelines.dataset import VideoRecord, load_records
-from pipelines.transforms import apply_spatial
+from pipelines.transforms import cut_view, normalise_into, resize_frames
 from utils.cpus import worker_count
 
 
@@ -208,17 +209,41 @@ class PyAVLoader(VideoLoader):
         self._dataset = _EpochClips(self)
 
     def decode_views(self, plan: ClipPlan, with_rotation: bool = False):
-        """All views (V, 3, T, crop, crop) of a plan, clip-major; the video is decoded once (union of frames).
+        """All views of a plan, clip-major: ``[(frames, positions)]``, one pair per view.
 
-        With ``with_rotation``, ``(views, degrees)``: the video's display rotation (frames are not rotated).
+        The video is decoded once (the union of its clips' frames, :func:`decode_clip`) and resized once per
+        size (:func:`pipelines.transforms.resize_frames`: train/val in uint8, within one level of the float
+        reference; test in float, the reference's values, once per video; the test crops share one size); each view
+        is a crop of it (:func:`pipelines.transforms.cut_view`, a view, no copy unless flipped) and the
+        positions (T,) of its clip's frames among the decoded ones. :meth:`normalise` turns views into the
+        float batch, touching only the kept pixels. With ``with_rotation``, ``(views, degrees)``: the video's
+        display rotation (frames are not rotated).
         """
         s = self.settings
         union, inverse = np.unique(plan.clips.reshape(-1), return_inverse=True)
-        decoded, rotation = decode_clip(self.path(plan.record_index), union)
-        frames = decoded[inverse.reshape(plan.clips.shape)]  # (num_clips, T, H, W, 3)
-        views = torch.stack([apply_spatial(clip, params, s.mean, s.std, s.antialias)
-                             for clip in frames for params in plan.crops])
+        decoded, rotation = decode_clip(self.path(plan.record_index), union)   # (U, H, W, 3) uint8
+        positions = torch.from_numpy(inverse.reshape(plan.clips.shape).astype(np.int64))
+        resized: dict[tuple[int, int], torch.Tensor] = {}
+        views = []
+        for clip_positions in positions:
+            for params in plan.crops:
+                size = (int(params.resize_h), int(params.resize_w))
+                if size not in resized:
+                    # test: one resize per video, in float (exactly the reference's values, one float copy
+                    # of the decoded frames, none at Kinetics' 256p test scale); train/val: in uint8
+                    resized[size] = resize_frames(decoded, *size, antialias=s.antialias,
+                                                  exact=self.split == "test")
+                views.append((cut_view(resized[size], params), clip_positions))
         return (views, rotation) if with_rotation else views
+
+    def normalise(self, views: list) -> torch.Tensor:
+        """uint8 views of :meth:`decode_views` -> the float (N, 3, T, crop, crop) batch, an
+        (N, T, crop, crop, 3) buffer seen as ``torch.channels_last_3d`` (normalised in one pass per frame)."""
+        s = self.settings
+        frames = views[0][1].numel() if views else s.num_frames
+        out = torch.empty((len(views), frames, self.crop, self.crop, 3), dtype=torch.float32)
+        normalise_into(out, [v for v, _ in views], s.mean, s.std, positions=[p for _, p in views])
+        return out.permute(0, 4, 1, 2, 3)
 
     def _collate(self, items: list[dict[str, Any]]):
         failures = [f for item in items for f in item["failures"]]
@@ -227,7 +252,7 @@ class PyAVLoader(VideoLoader):
         kept = [item for item in items if item["views"] is not None]
         if not kept:
             return None, failures, met, rotations
-        fast = torch.cat([item["views"] for item in kept])  # (N * V, 3, T, H, W)
+        fast = self.normalise([view for item in kept for view in item["views"]])  # (N * V, 3, T, H, W)
         return self.assemble(fast, [item["plan"] for item in kept]), failures, met, rotations
 
     def __iter__(self) -> Iterator[tuple[list[torch.Tensor], torch.Tensor, torch.Tensor]]:

@@ -4,6 +4,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -91,6 +92,17 @@ def test_smoke_suite_runs_and_reports_sane_figures(tmp_path):
             assert row["median"] > 0 and row["min"] > 0 and row["max"] >= row["median"] >= row["min"]
     assert data["environment"]["torch"]
     assert (out / "latest-smoke.md").is_file()
+    # Kinetics geometry (VP9, GOP 16 and 250): the project's CPU loaders and the peers, per core and all cores
+    for gop in (16, 250):
+        kinetics = [r for r in rows if f"-gop{gop} " in r["group"]]
+        ours = [r for r in kinetics if r["variant"] == "this project: PyAV loader" and "train" in r["group"]]
+        assert len(ours) == 2 and all(r["median"] and r["extra"]["decoded_frames_per_clip"] > 0 for r in ours)
+        peers = [r for r in kinetics if r["variant"] in ("decord get_batch (MMAction2)", "PyAV as PySlowFast",
+                                                        "torchcodec")]
+        assert all(r["median"] or r["skipped"] for r in peers) and any(r["median"] for r in peers)
+        by_start = [r for r in kinetics if "by start frame" in r["group"]]
+        assert {"this project: PyAV loader", "PyAV as PySlowFast"} <= {r["variant"] for r in by_start}
+        assert any(r["variant"] == "this project: PyAV loader (decode once)" and r["median"] for r in kinetics)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -208,3 +220,37 @@ def test_gpu_check_summary_names_the_device_and_every_step(tmp_path, monkeypatch
     assert data["device"] == "NVIDIA H200" and data["passed"] is False
     assert [s["status"] for s in data["steps"]] == ["pass", "fail", "skipped", "pass"]
     assert sum(gpu_check.BUDGET_S.values()) < 600
+
+
+def test_peers_deliver_the_planned_frames_and_crop(numbered_video):
+    """The peers do the project's work: the planned frames (numbers drawn in the pixels), resized, cropped."""
+    from benchmarks.peers import PeerLoader, TRAIN_PEERS, peer_status
+    from pipelines.sampling import SpatialParams
+    from pipelines.video_io import frame_number
+
+    path = numbered_video("vp9", num_frames=50)
+    clip = np.arange(21, 37, 2)
+    params = SpatialParams(48, 64, 0, 8, 48)
+    status = peer_status()
+    ran = 0
+    for label, (module, fn) in TRAIN_PEERS.items():
+        if module and status.get(module):
+            continue
+        # in a DataLoader worker, as the suite runs it (decord's FFmpeg stays out of this process)
+        (batch,) = list(PeerLoader([(str(path), None)], _PeerClip(fn, clip, params), 1, 1))
+        assert batch.shape == (1, 3, len(clip), 48, 48), label
+        out = batch[0]
+        pixels = ((out.permute(1, 2, 3, 0).numpy() * 0.225 + 0.45) * 255).round().clip(0, 255).astype(np.uint8)
+        assert [frame_number(f) for f in pixels] == clip.tolist(), label
+        ran += 1
+    assert ran >= 1  # PyAV as PySlowFast needs nothing optional
+
+
+class _PeerClip:
+    """A picklable ``(path, plan) -> clip`` for the DataLoader worker."""
+
+    def __init__(self, fn, clip, params):
+        self.fn, self.clip, self.params = fn, clip, params
+
+    def __call__(self, path, _plan):
+        return self.fn(path, self.clip, self.params, (0.45,) * 3, (0.225,) * 3)

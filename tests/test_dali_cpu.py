@@ -378,7 +378,8 @@ def test_handoff_is_a_view_of_dali_memory(numbered):
 def test_h264_on_cpu_is_refused_at_build_time(tmp_path):
     path = write_video(tmp_path / "clip.mp4", numbered_frames(8, 48, 64), codec="h264")
     records = [VideoRecord(path.name, 0)]  # no codec in the record: the loader probes it
-    with pytest.raises(DaliCodecError, match=r"python -m pipelines.prepare --codec vp9") as info:
+    with pytest.raises(DaliCodecError, match=r"python -m pipelines.prepare --root \S+ --list \S+ --transcode-to "
+                                              r"\S+ --codec vp9") as info:
         build_dali_loader(make_cfg(tmp_path), "train", alpha=ALPHA, records=records)
     assert "clip.mp4" in str(info.value) and "h264" in str(info.value)
 

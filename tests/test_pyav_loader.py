@@ -12,7 +12,7 @@ from pipelines import build_loader
 from pipelines.dataset import VideoRecord
 from pipelines.pyav_loader import DecodeError, build_pyav_loader, decode_frames
 from pipelines.sampling import SpatialParams
-from pipelines.transforms import apply_spatial
+from pipelines.transforms import apply_spatial, transform_clip
 from pipelines.video_io import frame_number, write_video
 
 MEAN, STD = (0.45, 0.45, 0.45), (0.225, 0.225, 0.225)
@@ -228,9 +228,10 @@ def test_resize_antialias_setting_reaches_the_transform(numbered_video, tiny_con
     """``data.resize_antialias`` (auto resolved by ``imported_weights``) picks the resize of every view."""
     path = numbered_video("vp9", num_frames=50)
     records = [VideoRecord(path.name, 0, 50, 30.0, 64, 48)]
-    # 64x48 at short side 40: a downscale, where antialiasing matters
-    base = [f"data.root={path.parent}", "test.num_crops=1", "data.test_short_side=40", "data.test_crop=40",
-            "data.val_crop=40"]
+    # 64x48 at short side 24: a 2x downscale, where antialiasing matters (at 40 the two resizes of this blocky
+    # content differ by less than the uint8 resize's rounding)
+    base = [f"data.root={path.parent}", "test.num_crops=1", "data.test_short_side=24", "data.test_crop=24",
+            "data.val_crop=24", "data.train_crop=24", "data.train_short_side=24,32"]
     plan = None
     outputs = {}
     for setting, imported in [("auto", False), ("auto", True), ("true", True), ("false", False)]:
@@ -240,11 +241,18 @@ def test_resize_antialias_setting_reaches_the_transform(numbered_video, tiny_con
         (_, fast), _, _ = next(iter(loader))
         outputs[setting, imported] = fast[0]
     frames = decode_frames(path, plan.clips[0])
-    with_aa = apply_spatial(frames, plan.crops[0], MEAN, STD, antialias=True)
-    without = apply_spatial(frames, plan.crops[0], MEAN, STD, antialias=False)
+    with_aa = transform_clip(frames, plan.crops[0], MEAN, STD, antialias=True)
+    without = transform_clip(frames, plan.crops[0], MEAN, STD, antialias=False)
     assert not torch.equal(with_aa, without)
     assert torch.equal(outputs["auto", False], with_aa) and torch.equal(outputs["true", True], with_aa)
     assert torch.equal(outputs["auto", True], without) and torch.equal(outputs["false", False], without)
+    # and each is the float reference with the same setting, up to the uint8 resize's rounding
+    level = 1 / 255 / 0.225
+    for ours, antialias in ((with_aa, True), (without, False)):
+        reference = apply_spatial(frames, plan.crops[0], MEAN, STD, antialias=antialias)
+        assert (ours - reference).abs().max().item() <= 1.01 * level
+        other = apply_spatial(frames, plan.crops[0], MEAN, STD, antialias=not antialias)
+        assert (ours - other).abs().max().item() > 2 * level   # the setting matters more than the rounding
 
 
 @pytest.fixture
