@@ -45,7 +45,7 @@ from benchmarks.report import Results
 from benchmarks.timing import Measurement, measure_iterable, synchronize
 from configs import load_config
 from pipelines.codecs import ARCH_NAMES, WRITTEN_FORMAT, why_not_decodable
-from utils.atomic import atomic_copy
+from utils.atomic import atomic_copy, write_text
 from utils.cpus import available_cores
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
@@ -647,7 +647,7 @@ def prepare_kinetics(sets: KineticsSets, data_dir: Path, gop: int) -> tuple[Path
         records.append(VideoRecord(path.name, label, num_frames=num_frames, fps=30.0, width=sets.width,
                                    height=sets.height, codec="vp9", keyframe_interval=gop))
     if not reuse:
-        done.write_text(json.dumps(manifest))
+        write_text(done, json.dumps(manifest))
     return root, records
 
 

@@ -71,6 +71,7 @@ def worker(backend: str, data: Path, epochs: int, out_json: Path, scratch: Path)
     from configs import load_config
     from engine import distributed
     from engine import trainer as tr
+    from utils.atomic import write_text
 
     logging.basicConfig(level=logging.WARNING)
     name, device = BACKENDS[backend]
@@ -102,7 +103,7 @@ def worker(backend: str, data: Path, epochs: int, out_json: Path, scratch: Path)
         samples.append(sample)
         print(json.dumps({"backend": backend, **sample}), flush=True)
     trainer.run_log.close()
-    out_json.write_text(json.dumps({"backend": backend, "samples": samples}))
+    write_text(out_json, json.dumps({"backend": backend, "samples": samples}))
 
 
 def analyse(samples: list[dict], warmup: int) -> dict:

@@ -915,6 +915,8 @@ def predict_files(model: torch.nn.Module, cfg: Any, paths: Sequence[str], *, dev
         except NonFiniteOutputs as err:  # name the files as the user gave them, not relative to the group's root
             paths = [predictions[members[i][0]].path for i in err.video_indices]
             raise non_finite_error(weights, paths, precision, err.video_indices) from None
+        finally:
+            loader.close()  # DALI: this group's pipeline is freed before the next group builds its own
         tops = top_predictions(result.scores, num_views, class_names, top_k) if result.num_evaluated else []
         for index, top, row in zip(result.video_indices, tops, result.scores):
             predictions[members[index][0]].top = top
@@ -1050,9 +1052,12 @@ def run_test_list(cfg: Any, model: torch.nn.Module, weights: str, device: torch.
     LOG.info("[TEST] %s on %d videos of %s: %d clips x %d crops, %d videos per batch, %d process(es), %s",
              cfg.model.name, len(loader.records), cfg.data.test_list, cfg.test.num_clips, cfg.test.num_crops,
              cfg.test.batch_size, dist_utils.get_world_size(), precision.name)
-    result = evaluate(model, loader, num_views=num_views, device=device, precision=precision,
-                      channels_last=bool(cfg.model.channels_last), progress=progress, weights=weights,
-                      with_features=save_features_to is not None, ensemble=str(cfg.test.ensemble))
+    try:
+        result = evaluate(model, loader, num_views=num_views, device=device, precision=precision,
+                          channels_last=bool(cfg.model.channels_last), progress=progress, weights=weights,
+                          with_features=save_features_to is not None, ensemble=str(cfg.test.ensemble))
+    finally:
+        loader.close()  # DALI: the pipeline is freed now, not in the interpreter's teardown
     if dist_utils.is_primary():
         log_result(result, class_names)
         written = []

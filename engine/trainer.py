@@ -1034,6 +1034,9 @@ def _run(cfg: Config, dist_info: distributed.DistInfo, *, validate: bool, resume
     finally:
         if trainer is not None:
             trainer.run_log.close()
+            for loader in (trainer.train_loader, trainer.val_loader):
+                if loader is not None:
+                    loader.close()  # DALI: pipelines freed now, not in the interpreter's teardown
         if lock is not None:
             lock.release()
 

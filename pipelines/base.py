@@ -527,6 +527,11 @@ class VideoLoader:
         """Start counting an epoch's failures afresh (backends call it when an iteration starts)."""
         self._met = {}
 
+    def close(self) -> None:
+        """Release what the backend holds between epochs (DALI: its pipeline, decoders and threads). The engine
+        calls it when a run ends; a backend that holds nothing (PyAV: its workers live for one epoch) does
+        nothing."""
+
     # ------------------------------------------------------------------ output
     def path(self, record_index: int) -> Path:
         return self.root / self.records[record_index].path

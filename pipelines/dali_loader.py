@@ -39,6 +39,7 @@ import collections
 import io
 import logging
 import re
+import weakref
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -196,9 +197,20 @@ class DaliVideoLoader(VideoLoader):
         self._previous_output = None    # see _to_torch: keeps the last batch's DALI buffers alive
         self._streak: list[int] = []    # sound videos failing in DALI in a row with the same message
         self._streak_signature: Optional[str] = None
+        # NOTE: a DALI pipeline destroyed during interpreter teardown, after CUDA's own teardown has begun, can
+        # crash in the NVDEC decoder cache's destructor (a known DALI shutdown problem); so every loader
+        # releases its pipeline at the latest at exit, while CUDA is still whole (close() does it earlier).
+        self._finalizer = weakref.finalize(self, _release, self.__dict__)
+
+    def close(self) -> None:
+        """Release the DALI pipeline (and with it its decoders and device memory) and the reader threads now;
+        the loader cannot be iterated afterwards. Called by the engine when a run ends; idempotent."""
+        self._finalizer()
 
     # ---------------------------------------------------------------- iteration
     def __iter__(self) -> Iterator[tuple[list[torch.Tensor], torch.Tensor, torch.Tensor]]:
+        if getattr(self, "_closed", False):
+            raise RuntimeError("this DALI loader was closed (close()); build a new one to iterate again")
         self.begin_epoch()
         self._streak, self._streak_signature = [], None  # counts within an epoch
         batches = self.epoch_batches()
@@ -448,6 +460,17 @@ def _first_line(err: BaseException) -> str:
             return after[0][:300]
     useful = [line for line in lines if not line.startswith("Critical error")]
     return (useful or lines or [type(err).__name__])[0][:300]
+
+
+def _release(state: dict) -> None:
+    """Free what a :class:`DaliVideoLoader` holds (its ``__dict__``): last outputs, pipeline, reader threads."""
+    state["_previous_output"] = None
+    pipe, state["_pipe"] = state.get("_pipe"), None
+    del pipe  # the pipeline's own destructor frees its decoders and buffers, here and now
+    state["_closed"] = True
+    readers = state.get("_readers")
+    if readers is not None:
+        readers.shutdown(wait=True, cancel_futures=True)
 
 
 def _check_codecs(records: list[VideoRecord], root: Path, placement: str, list_path: str | Path) -> None:

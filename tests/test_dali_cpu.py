@@ -549,3 +549,17 @@ def test_memory_stays_flat_over_many_iterations(numbered):
     # one batch is ~100 KB and the encoded set ~200 KB: a leak of a batch or a file per step would add
     # > 15 MB over 150 steps; allocator noise stays well below that
     assert growth < 12 * 2**20, f"RSS grew by {growth / 2**20:.1f} MiB over 150 iterations"
+
+
+def test_close_releases_the_pipeline_and_the_reader_threads(numbered):
+    """close() (the engine calls it when a run ends; a finalizer does it at exit at the latest) frees the DALI
+    pipeline and the reader pool while the process is whole; the loader then refuses to iterate."""
+    loader = loader_for(numbered, "val")
+    for _ in loader:  # a whole epoch: the pipeline is kept for the next one
+        pass
+    assert loader._pipe is not None
+    loader.close()
+    loader.close()  # idempotent
+    assert loader._pipe is None and loader._readers._shutdown
+    with pytest.raises(RuntimeError, match="closed"):
+        next(iter(loader))

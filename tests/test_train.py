@@ -49,6 +49,9 @@ class MemoryLoader:
         self.delivered: list[tuple[int, list[int]]] = []  # (epoch, video indices) per batch
         self.set_epoch(0)
 
+    def close(self) -> None:  # the contract's release (pipelines.base.VideoLoader.close): nothing held here
+        self.closed = True
+
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
         train_split = self.split == "train"
@@ -90,7 +93,8 @@ class MemoryLoader:
 LOADERS: list[MemoryLoader] = []
 
 
-def memory_build_loader(cfg, split, *, rank=0, world_size=1, alpha=8):
+def memory_build_loader(cfg, split, *, rank=0, world_size=1, alpha=8, slow_sampling="linspace"):
+    assert slow_sampling == "linspace"  # the models these tests train take PySlowFast's Slow frames
     loader = MemoryLoader(split, rank, world_size, alpha, int(cfg.data.batch_size), int(cfg.data.seed))
     LOADERS.append(loader)
     return loader
