@@ -167,8 +167,9 @@ SUITES = {
         loader_sets=("tiny-128x128-vp9", "tiny-160x128-vp9"),
         scaling_batches=(2, 4), warmup=1, repeats=3, iters=2, num_clips=2, num_crops=3, eval_videos=4,
         compile=False, largest_batch=False, num_classes=8,
-        # real Kinetics geometry on the CPU: the project's CPU loaders against the peers (benchmarks/peers.py)
-        kinetics=KineticsSets(),
+        # real Kinetics geometry on the CPU: the project's CPU loaders against the peers (benchmarks/peers.py);
+        # 3 s videos and one batch per window keep the smoke run to a few minutes on 2 cores
+        kinetics=KineticsSets(seconds=3.0, iters=1),
     ),
     # make gpu-check: a few minutes on one GPU with the real geometry (340x256 H.264, GOP 16 and 250, R50 4x16
     # at 224, bf16 channels-last vs the PyAV + fp32 baseline); small dataset, short windows, no compile

@@ -176,7 +176,7 @@ def test_a_failing_dataset_is_reported_and_the_others_still_run(tmp_path, monkey
     suite = bench.Suite(**{**bench.SUITES["smoke"].__dict__, "name": "unit",
                            "videos": {"broken-64x48": small, "good-64x48": small},
                            "loader_sets": ("broken-64x48", "good-64x48"), "scaling_batches": (2,),
-                           "warmup": 1, "repeats": 1, "iters": 1})
+                           "warmup": 1, "repeats": 1, "iters": 1, "kinetics": None})
     bench.run(suite, tmp_path / "out", tmp_path / "data", only={"loader"})
     rows = json.loads((tmp_path / "out" / "latest-unit.json").read_text())["rows"]
     data = [r for r in rows if r["stage"] == "0 data"]
