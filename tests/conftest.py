@@ -72,3 +72,46 @@ def tiny_config(tiny_dataset):
         return load_config(None, base + list(overrides))
 
     return make
+
+
+
+@pytest.fixture
+def one_cpu_thread():
+    """One torch thread for the test (tiny tensors: OpenMP synchronisation would dominate)."""
+    import torch
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+# ---------------------------------------------------------------------------------------------- hygiene
+# `make test` must leave the clone as it found it: a test that writes into the repository (e.g. a test.py run
+# without --output-dir landing in output/SlowFast/test) fails the session, naming the files.
+REPO = Path(__file__).resolve().parent.parent
+_NOT_OURS = {".git", ".venv", ".pytest_cache", "__pycache__"}
+
+
+def _repo_files() -> set[str]:
+    found = set()
+    for path in REPO.rglob("*"):
+        parts = path.relative_to(REPO).parts
+        if any(p in _NOT_OURS or p.endswith(".egg-info") for p in parts) or not path.is_file():
+            continue
+        found.add(str(path.relative_to(REPO)))
+    return found
+
+
+def pytest_sessionstart(session):
+    session.config._repo_files_before = _repo_files()
+
+
+def pytest_sessionfinish(session, exitstatus):
+    before = getattr(session.config, "_repo_files_before", None)
+    if before is None or getattr(session.config, "workerinput", None) is not None:
+        return
+    new = sorted(_repo_files() - before)
+    if new:
+        print(f"\nerror: the tests wrote {len(new)} file(s) into the repository: {', '.join(new[:10])}"
+              f"{' ...' if len(new) > 10 else ''}; write into tmp_path instead", flush=True)
+        session.exitstatus = 1

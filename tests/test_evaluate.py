@@ -515,7 +515,7 @@ def test_own_checkpoint_rebuilds_its_recorded_model(dataset):
 
 
 def test_missing_weights_is_a_clear_error(tmp_path):
-    proc = _run_test_py("-w", str(tmp_path / "nope.pt"), *_overrides(SMALL))
+    proc = _run_test_py("-w", str(tmp_path / "nope.pt"), "--output-dir", str(tmp_path / "out"), *_overrides(SMALL))
     assert proc.returncode == 2
     assert proc.stderr.startswith("error: ") and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
     assert "nope.pt" in proc.stderr and "does not exist" in proc.stderr and "Traceback" not in proc.stderr

@@ -21,13 +21,8 @@ from test_weights import (NUM_CLASSES, assert_same_logits, caffe2_name, own_chec
 PUBLISHED = {"slowfast_r50_4x16": dict(alpha=8, fusion_kernel=5), "slowfast_r50_8x8": dict(alpha=4, fusion_kernel=7)}
 
 
-@pytest.fixture(autouse=True)
-def one_cpu_thread():
-    """Tiny tensors: OpenMP synchronisation would dominate (see tests/test_models.py)."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+# tiny tensors: OpenMP synchronisation would dominate (the fixture is in tests/conftest.py)
+pytestmark = pytest.mark.usefixtures("one_cpu_thread")
 
 
 @pytest.fixture(scope="module", params=sorted(PUBLISHED))

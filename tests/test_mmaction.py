@@ -20,13 +20,8 @@ from test_weights import randomize_  # tests/test_weights.py
 NUM_CLASSES = 10
 
 
-@pytest.fixture(autouse=True)
-def one_cpu_thread():
-    """Tiny tensors: OpenMP synchronisation would dominate (see tests/test_models.py)."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+# tiny tensors: OpenMP synchronisation would dominate (the fixture is in tests/conftest.py)
+pytestmark = pytest.mark.usefixtures("one_cpu_thread")
 
 
 # --- a minimal copy of MMAction2's SlowFast layout ----------------------------------------------------------

@@ -27,13 +27,8 @@ NUM_CLASSES = 10
 SMALL = dict(width=8, beta_inv=4, alpha=4, fusion_kernel=5)
 
 
-@pytest.fixture(autouse=True)
-def one_cpu_thread():
-    """Tiny tensors: OpenMP synchronisation would dominate (see tests/test_models.py)."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+# tiny tensors: OpenMP synchronisation would dominate (the fixture is in tests/conftest.py)
+pytestmark = pytest.mark.usefixtures("one_cpu_thread")
 
 
 def randomize_(model: nn.Module, seed: int) -> nn.Module:
