@@ -442,15 +442,8 @@ def save_scores(path: str | os.PathLike, scores: np.ndarray, labels: Sequence[in
         paths: N video paths (as the list names them, or as given to ``--video``).
         class_names: K names (may be empty).
     """
-    scores = np.asarray(scores, dtype=np.float32)
-    labels = np.asarray(labels, dtype=np.int64).reshape(-1)
-    names = np.array([str(p) for p in paths], dtype=str)
-    if scores.ndim != 2 or not len(scores) == len(labels) == len(names):
-        raise ValueError(f"scores {scores.shape}, {len(labels)} labels and {len(names)} paths do not match")
-    with atomic_open(path, "wb") as handle:
-        np.savez(handle, scores=scores, labels=labels, paths=names,
-                 class_names=np.array([str(n) for n in class_names], dtype=str))
-    return Path(path)
+    return _save_per_video(path, "scores", scores, labels, paths,
+                           class_names=np.array([str(n) for n in class_names], dtype=str))
 
 
 def save_features(path: str | os.PathLike, features: np.ndarray, labels: Sequence[int], paths: Sequence[str]
@@ -468,13 +461,19 @@ def save_features(path: str | os.PathLike, features: np.ndarray, labels: Sequenc
         labels: N labels.
         paths: N video paths.
     """
-    features = np.asarray(features, dtype=np.float32)
+    return _save_per_video(path, "features", features, labels, paths)
+
+
+def _save_per_video(path: str | os.PathLike, name: str, rows: np.ndarray, labels: Sequence[int],
+                    paths: Sequence[str], **extra: np.ndarray) -> Path:
+    """One ``.npz`` of per-video rows (float32 ``name``), ``labels`` (int64), ``paths`` (unicode), no pickle."""
+    rows = np.asarray(rows, dtype=np.float32)
     labels = np.asarray(labels, dtype=np.int64).reshape(-1)
     names = np.array([str(p) for p in paths], dtype=str)
-    if features.ndim != 2 or not len(features) == len(labels) == len(names):
-        raise ValueError(f"features {features.shape}, {len(labels)} labels and {len(names)} paths do not match")
+    if rows.ndim != 2 or not len(rows) == len(labels) == len(names):
+        raise ValueError(f"{name} {rows.shape}, {len(labels)} labels and {len(names)} paths do not match")
     with atomic_open(path, "wb") as handle:
-        np.savez(handle, features=features, labels=labels, paths=names)
+        np.savez(handle, **{name: rows}, labels=labels, paths=names, **extra)
     return Path(path)
 
 
