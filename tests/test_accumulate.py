@@ -122,7 +122,12 @@ def test_one_process_accumulating_equals_two_gloo_ranks(tmp_path, monkeypatch, m
     moved = 0
     for name, value in single.items():
         torch.testing.assert_close(ranks[0]["params"][name], ranks[1]["params"][name], rtol=0, atol=0, msg=name)
-        torch.testing.assert_close(ranks[0]["params"][name], value, rtol=1e-5, atol=1e-6, msg=name)
+        # The two runs sum the same gradients in a different order (all-reduce vs local accumulation), and BN over
+        # 2 clips amplifies fp32 rounding, so compare against how far the training moved each tensor: rounding
+        # stays below 1% of the movement (3e-4 measured), a wrong scale or a missed micro-batch is of its order.
+        movement = (value - initial[name]).abs().max().item()
+        gap = (ranks[0]["params"][name] - value).abs().max().item()
+        assert gap <= 0.01 * movement + 1e-7, f"{name}: DDP and accumulation differ by {gap:.3g}, moved {movement:.3g}"
         moved += not torch.equal(value, initial[name])
     assert moved > len(single) // 2  # the steps really changed the network
 
