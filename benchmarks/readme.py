@@ -4,7 +4,8 @@ README.md holds blocks between ``<!-- generated:NAME -->`` and ``<!-- /generated
 rewrites each from its source under ``benchmarks/results/``, so no figure in the README is typed by hand:
 
 - ``demo``: ``latest-demo.json``, written by ``python -m engine.demo --save`` (``make demo`` measures it);
-- ``smoke``: ``latest-smoke.md``, written by ``python -m benchmarks.run --suite smoke --save``.
+- ``smoke``: ``latest-smoke.md``, written by ``python -m benchmarks.run --suite smoke --save``;
+- ``multigrid``: ``latest-multigrid.json``, written by ``python -m benchmarks.multigrid --save``.
 
     python -m benchmarks.readme            # rewrite the blocks
     python -m benchmarks.readme --check    # exit 1 when README.md differs from what the files say
@@ -47,9 +48,24 @@ def smoke_block(markdown: str) -> str:
     return markdown.strip() + "\n\nSource: `benchmarks/results/latest-smoke.md`."
 
 
+def multigrid_block(record: dict) -> str:
+    """The multigrid comparison's table from a ``multigrid.json`` record (see :mod:`benchmarks.multigrid`)."""
+    rows = ["| schedule | epochs | optimizer steps | training time | training clips/s | val top-1 best (epoch) | "
+            "val top-1 final |", "| --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    for name, run in record["runs"].items():
+        rows.append(f"| {name} (`{Path(run['config']).name}`) | {run['epochs']} | {run['optimizer_steps']} | "
+                    f"{_minutes(run['train_seconds'])} | {run['train_clips_per_s']:.1f} | "
+                    f"{100 * run['best_val_top1']:.1f}% ({run['best_epoch']}) | {100 * run['final_val_top1']:.1f}% |")
+    overrides = f" with `{' '.join('-o ' + o for o in record['overrides'])}`" if record.get("overrides") else ""
+    return (f"Measured by `python -m benchmarks.multigrid --save`{overrides} on {record['date']} ({record['device']}, "
+            f"torch {record['torch']}): multigrid trained {record['speedup']:.2f}x as fast as the plain schedule.\n\n"
+            + "\n".join(rows) + "\n\nSource: `benchmarks/results/latest-multigrid.json`.")
+
+
 BLOCKS: dict[str, tuple[str, Callable[[str], str]]] = {
     "demo": ("latest-demo.json", lambda text: demo_block(json.loads(text))),
     "smoke": ("latest-smoke.md", smoke_block),
+    "multigrid": ("latest-multigrid.json", lambda text: multigrid_block(json.loads(text))),
 }
 
 

@@ -10,6 +10,11 @@ reserved device memory. The result is a curve per backend plus the least-squares
     python -m benchmarks.soak                       # JSON + PNG under $TMPDIR/slowfast-benchmarks/soak
     python -m benchmarks.soak --epochs 30 --save    # benchmarks/results/soak-<date>-<device>.{json,png}
     python -m benchmarks.soak --backends pyav       # one backend
+    python -m benchmarks.soak --multigrid --train-per-class 8   # through multigrid's shape changes
+
+``--multigrid`` trains with both multigrid cycles over the soak's epochs (``epoch_factor`` 1: with the default 20 epochs
+the stages change after epochs 9 and 16): every loader must go through the shape changes without growing (DALI keeps its one
+pipeline, see ``pipelines/dali_loader.py``); each sample records the stage's frames and crop.
 
 Verdict per series: ``flat`` when the fitted growth over the measured epochs is below 8 MiB or 2% of the mean,
 whichever is larger, else ``growing``; the figures are reported either way.
@@ -64,7 +69,11 @@ def slope(xs: Sequence[float], ys: Sequence[float]) -> float:
     return sum((x - mx) * (y - my) for x, y in zip(xs, ys)) / var if var else 0.0
 
 
-def worker(backend: str, data: Path, epochs: int, out_json: Path, scratch: Path) -> None:
+MULTIGRID = ["train.multigrid.long_cycle=true", "train.multigrid.short_cycle=true", "train.multigrid.epoch_factor=1.0",
+             "train.multigrid.long_cycle_factors=[[0.5,0.7071067811865476],[0.5,1.0],[1.0,1.0]]"]
+
+
+def worker(backend: str, data: Path, epochs: int, out_json: Path, scratch: Path, multigrid: bool = False) -> None:
     """One backend's soak, in this process: the engine's trainer on ``data``, memory after every epoch."""
     import torch
 
@@ -81,7 +90,7 @@ def worker(backend: str, data: Path, epochs: int, out_json: Path, scratch: Path)
         "data.train_crop=48", "data.val_crop=48", "data.test_short_side=48", "data.test_crop=48",
         "data.dtype=fp32", f"train.epochs={epochs}", "train.optimizer=adamw", "train.base_lr=0.003",
         "train.base_batch=8", "train.warmup_epochs=1", "train.precision=fp32", "train.log_every=1000",
-        f"train.output_dir={scratch / backend}",
+        f"train.output_dir={scratch / backend}", *(MULTIGRID if multigrid else []),
     ])
     if device == "cpu":
         os.environ["CUDA_VISIBLE_DEVICES"] = ""
@@ -97,6 +106,9 @@ def worker(backend: str, data: Path, epochs: int, out_json: Path, scratch: Path)
         sample = {"epoch": epoch + 1, "rss_mib": _rss_mib(pid), "workers": len(kids),
                   "rss_with_workers_mib": _rss_mib(pid) + sum(_rss_mib(k) for k in kids),
                   "clips_per_s": summary["clips_per_s"], "elapsed_s": time.perf_counter() - start}
+        if trainer.multigrid is not None:
+            stage = trainer.multigrid.stage_at(epoch)
+            sample["stage"] = f"{stage.num_frames} frames x {stage.crop} px"
         if cuda:
             sample["cuda_allocated_mib"] = torch.cuda.memory_allocated(info.device) / 2**20
             sample["cuda_reserved_mib"] = torch.cuda.memory_reserved(info.device) / 2**20
@@ -166,6 +178,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                         help="comma-separated: pyav, dali-cpu, dali-gpu (default: all this machine runs)")
     parser.add_argument("--train-per-class", type=int, default=2, help="videos per class (8 classes)")
     parser.add_argument("--save", action="store_true", help="write into benchmarks/results/ instead of scratch")
+    parser.add_argument("--multigrid", action="store_true", help="train with both multigrid cycles")
     parser.add_argument("--out", default=None, help="output folder")
     parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--data", default=None, help=argparse.SUPPRESS)
@@ -173,7 +186,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args = parser.parse_args(argv)
     out = Path(args.out) if args.out else (RESULTS_DIR if args.save else SCRATCH_DIR)
     if args.worker:
-        worker(args.worker, Path(args.data), args.epochs, Path(args.result), out / "runs")
+        worker(args.worker, Path(args.data), args.epochs, Path(args.result), out / "runs", args.multigrid)
         return 0
 
     import torch
@@ -195,7 +208,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         result_file.unlink(missing_ok=True)
         print(f"soak: {backend}, {args.epochs} epochs", flush=True)
         proc = subprocess.run([sys.executable, "-m", "benchmarks.soak", "--worker", backend, "--data", str(data),
-                               "--epochs", str(args.epochs), "--result", str(result_file), "--out", str(SCRATCH_DIR)],
+                               "--epochs", str(args.epochs), "--result", str(result_file), "--out", str(SCRATCH_DIR)]
+                              + (["--multigrid"] if args.multigrid else []),
                               cwd=Path(__file__).resolve().parents[1])
         if proc.returncode != 0 or not result_file.is_file():
             results[backend] = {"error": f"worker exited with status {proc.returncode}"}
@@ -204,8 +218,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         results[backend] = {"samples": samples, "analysis": analyse(samples, args.warmup)}
     stamp = time.strftime("%Y-%m-%d")
     device = (torch.cuda.get_device_name(0).replace(" ", "-") if cuda else "cpu")
-    stem = out / f"soak-{stamp}-{device}"
-    report = {"epochs": args.epochs, "warmup": args.warmup, "videos": 8 * args.train_per_class,
+    stem = out / f"soak-{stamp}-{device}{'-multigrid' if args.multigrid else ''}"
+    report = {"epochs": args.epochs, "multigrid": args.multigrid, "warmup": args.warmup, "videos": 8 * args.train_per_class,
               "criterion": f"flat: |fitted growth| < max({FLAT_MIB} MiB, {FLAT_SHARE:.0%} of the mean)",
               "environment": environment(), "results": results}
     from utils.atomic import write_text

@@ -27,6 +27,7 @@ OPTIMIZERS = ("sgd", "adamw")
 CLIP_RULES = ("reference", "spread")  # pipelines.sampling.CLIP_RULES (configs sits below pipelines)
 ENSEMBLES = ("sum", "max")  # engine.evaluator.aggregate_views
 VAL_SAMPLINGS = ("centred", "reference")  # pipelines.sampling.VAL_SAMPLINGS
+LR_POLICIES = ("cosine", "steps")  # engine.lr_schedule
 
 
 class ConfigError(UserError, ValueError):
@@ -142,6 +143,39 @@ class IntRange(Rule):
 
 
 @dataclass(frozen=True)
+class IntList(Rule):
+    """A list of integers >= 0, strictly increasing (e.g. LR step epochs); ``[]`` allowed."""
+
+    def _check(self, value):
+        if not isinstance(value, (list, tuple)):
+            return False, value
+        ok = all(_is_int(v) and v >= 0 for v in value) and all(a < b for a, b in zip(value, value[1:]))
+        return ok, list(value)
+
+
+@dataclass(frozen=True)
+class FactorList(Rule):
+    """A non-empty list of numbers in (0, 1] (one number ``f`` means ``[f]``), or (``pairs``) of ``[t, s]`` pairs
+    of such numbers."""
+
+    pairs: bool = False
+
+    def _check(self, value):
+        if not self.pairs and _is_number(value):
+            value = [value]
+        if not isinstance(value, (list, tuple)) or not value:
+            return False, value
+
+        def factor(v):
+            return _is_number(v) and 0.0 < v <= 1.0
+
+        if self.pairs:
+            ok = all(isinstance(p, (list, tuple)) and len(p) == 2 and all(factor(v) for v in p) for p in value)
+            return ok, [list(p) for p in value] if ok else value
+        return all(factor(v) for v in value), list(value)
+
+
+@dataclass(frozen=True)
 class Section(Rule):
     """A free mapping whose sub-keys the consumer checks (``model.args``)."""
 
@@ -218,6 +252,19 @@ SCHEMA: dict[str, Rule] = {
     "train.mixup.prob": UnitInterval("a number in [0, 1]"),
     "train.mixup.switch_prob": UnitInterval("a number in [0, 1]"),
     "train.mixup.label_smoothing": UnitInterval("a number in [0, 1] (e.g. 0.1)"),
+    "train.lr_policy": Choice("one of cosine, steps", choices=LR_POLICIES),
+    "train.lr_steps": IntList("a list of increasing epochs starting at 0 (e.g. [0, 94, 154, 196]); used by "
+                              "train.lr_policy=steps", is_list=True),
+    "train.lr_gamma": Number("a number > 0 (e.g. 0.1): the LR factor of each train.lr_steps step", minimum=0.0,
+                             exclusive=True),
+    "train.multigrid.long_cycle": BOOL,
+    "train.multigrid.short_cycle": BOOL,
+    "train.multigrid.epoch_factor": Number("a number > 0 (e.g. 1.5): the multigrid run's epochs over "
+                                           "train.epochs", minimum=0.0, exclusive=True),
+    "train.multigrid.long_cycle_factors": FactorList("a non-empty list of [t, s] pairs in (0, 1] (frames and crop "
+                                                     "relative to the full shape)", pairs=True),
+    "train.multigrid.short_cycle_factors": FactorList("a non-empty list of numbers in (0, 1] (crops relative to "
+                                                      "data.train_crop)", is_list=True),
     "train.precise_bn_batches": Int("an integer >= 0 (0 = off)", minimum=0),
     "train.validate_every": POSITIVE_INT,
     "train.val_sampling": Choice("one of centred, reference", choices=VAL_SAMPLINGS),
@@ -315,6 +362,7 @@ def validate(cfg: Mapping) -> None:
         parent = _lookup(cfg, section)
         if parent[leaf] is not canonical:
             parent[leaf] = canonical
+    _check_lr_steps(cfg)
     for relation in RELATIONS:
         value, limit = _lookup(cfg, relation.key), relation.limit(cfg)
         if value > limit:
@@ -322,6 +370,19 @@ def validate(cfg: Mapping) -> None:
             raise ConfigError(
                 f"{relation.key}={value!r} is not allowed: it must be <= {where} ({limit!r}), because {relation.why}; "
                 f"lower {relation.key} or raise {relation.limit_key}")
+
+
+def _check_lr_steps(cfg: Mapping) -> None:
+    """``train.lr_policy: steps`` (and the long multigrid cycle, which cuts every LR step into stages) needs
+    ``train.lr_steps`` = [0, ...] with every step inside the run."""
+    policy, steps, epochs = (_lookup(cfg, k) for k in ("train.lr_policy", "train.lr_steps", "train.epochs"))
+    if policy != "steps":
+        return
+    if not steps or steps[0] != 0 or steps[-1] >= epochs:
+        raise ConfigError(
+            f"train.lr_steps={steps!r} is not allowed with train.lr_policy=steps: it must start at 0 and end before "
+            f"train.epochs={epochs} (e.g. -o train.lr_steps=0,94,154,196 for 239 epochs), or use "
+            f"train.lr_policy=cosine")
 
 
 def parse_list_override(key: str, text: str, parse_item: Callable[[str], Any]) -> Any:

@@ -1,4 +1,8 @@
-"""Learning-rate schedule: linear warmup, then half-cosine to zero, as a pure function of the epoch.
+"""Learning-rate schedule: linear warmup, then half-cosine to zero (or steps), as a pure function of the epoch.
+
+``train.lr_policy: steps`` is PySlowFast's ``steps_with_relative_lrs`` with ``LRS[i] = train.lr_gamma ** i``: the
+LR is ``base_lr * gamma ** i`` from epoch ``train.lr_steps[i]`` on, after the same warm-up line. Multigrid
+training (:mod:`pipelines.multigrid`) brings its own steps and a per-stage factor (:func:`lr_at`'s ``multigrid``).
 
 The rule is PySlowFast's ``lr_policy.get_lr_at_epoch`` with ``cosine_end_lr = 0`` (PaddleVideo's
 ``CustomWarmupCosineDecay`` is the same):
@@ -28,7 +32,9 @@ the same sequence.
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, Optional
+
+from pipelines.multigrid import Multigrid
 
 MAX_WARMUP_FRACTION = 0.5  # the longest warm-up, as a share of train.epochs
 
@@ -67,27 +73,38 @@ def effective_warmup(warmup_epochs: float, epochs: float) -> float:
     return min(float(warmup_epochs), MAX_WARMUP_FRACTION * float(epochs))
 
 
-def lr_at(epoch: float, cfg: Any, world_size: int = 1) -> float:
+def lr_at(epoch: float, cfg: Any, world_size: int = 1, multigrid: Optional[Multigrid] = None) -> float:
     """The learning rate at fractional ``epoch`` (``epoch_index + iteration / iters_per_epoch``).
 
     Args:
-        epoch: position in training, in epochs (0 = the first step, ``cfg.train.epochs`` = the end).
-        cfg: the resolved configuration; reads ``train.{base_lr, warmup_start_lr, warmup_epochs,
-            epochs, base_batch, accumulate}`` and ``data.batch_size``; the warm-up is :func:`effective_warmup`.
+        epoch: position in training, in epochs (0 = the first step, the run's epochs = the end).
+        cfg: the resolved configuration; reads ``train.{base_lr, warmup_start_lr, warmup_epochs, epochs,
+            base_batch, accumulate, lr_policy, lr_steps, lr_gamma}`` and ``data.batch_size``; the warm-up is
+            :func:`effective_warmup`.
         world_size: number of processes (the global batch is :func:`global_batch`).
+        multigrid: the run's multigrid schedule (:class:`pipelines.multigrid.Multigrid`), if any: the run lasts
+            its ``epochs``, its LR steps replace ``train.lr_steps``, and a long-cycle stage's LR is multiplied by
+            its batch factor (PySlowFast's multigrid ``SOLVER.LRS``); the warm-up line ends at that value.
     """
     train = cfg.train
-    total = float(train.epochs)
+    total = float(multigrid.epochs if multigrid is not None else train.epochs)
     if total <= 0:
         raise ValueError(f"train.epochs={train.epochs} must be positive")
     clips = global_batch(cfg, world_size)  # = batch_size x (world_size x accumulate) in scaled_lr's terms
     base = scaled_lr(train.base_lr, clips, 1, train.base_batch)
     start = scaled_lr(train.warmup_start_lr, clips, 1, train.base_batch)
+    policy = train.get("lr_policy", "cosine")
+    gamma = float(train.get("lr_gamma", 0.1))
 
-    def cosine(e: float) -> float:
-        return base * (1.0 + math.cos(math.pi * min(e, total) / total)) / 2.0
+    def scheduled(e: float) -> float:
+        if policy == "steps":
+            if multigrid is not None:
+                return base * multigrid.step_lr_factor(e, gamma)
+            return base * gamma ** sum(1 for step in list(train.lr_steps)[1:] if step <= e)
+        value = base * (1.0 + math.cos(math.pi * min(e, total) / total)) / 2.0
+        return value * (multigrid.lr_factor(e) if multigrid is not None else 1.0)
 
     warmup = effective_warmup(train.warmup_epochs, total)
     if epoch < warmup:
-        return start + (cosine(warmup) - start) * epoch / warmup
-    return cosine(epoch)
+        return start + (scheduled(warmup) - start) * epoch / warmup
+    return scheduled(epoch)

@@ -62,6 +62,7 @@ from engine.precise_bn import update_bn_stats
 from engine.precision import Precision, precision_for, to_model_inputs
 from models.checkpoint_format import make_checkpoint
 from pipelines import build_loader
+from pipelines.multigrid import Multigrid
 from pipelines.preflight import preflight_run
 from utils.atomic import atomic_copy
 from utils.errors import UserError
@@ -195,19 +196,35 @@ class Trainer:
     clips_trained: int = 0  # training clips of this process's epochs, all ranks
     train_seconds: float = 0.0  # time spent in those epochs
     curves_problem_logged: bool = False
+    multigrid: Optional[Multigrid] = None  # train.multigrid's schedule (None: off)
 
     @property
     def accumulate(self) -> int:
-        """Micro-batches per optimizer step (``train.accumulate``)."""
+        """Micro-batches per optimizer step at the full shape (``train.accumulate``)."""
         return int(self.cfg.train.get("accumulate", 1))
 
     @property
+    def epochs(self) -> int:
+        """The run's epochs: ``train.epochs``, or the multigrid schedule's (``epoch_factor`` times as many)."""
+        return self.multigrid.epochs if self.multigrid is not None else int(self.cfg.train.epochs)
+
+    def micro_batches_per_step(self, epoch: int) -> int:
+        """Micro-batches per optimizer step in ``epoch``: :attr:`accumulate`, times a multigrid stage's batch
+        factor (its larger steps run as accumulation, see :mod:`pipelines.multigrid`)."""
+        if self.multigrid is None:
+            return self.accumulate
+        return self.multigrid.step_shapes(epoch)[0].micro_batches
+
+    @property
     def iters_per_epoch(self) -> int:
-        """Optimizer steps per epoch: the loader's batches in whole groups of :attr:`accumulate`."""
-        return len(self.train_loader) // self.accumulate
+        """Optimizer steps of the loader's current epoch: its batches in whole groups of
+        :meth:`micro_batches_per_step`."""
+        if self.multigrid is None:
+            return len(self.train_loader) // self.accumulate
+        return len(self.train_loader) // self.micro_batches_per_step(self.train_loader.epoch)
 
     def lr(self, epoch_float: float) -> float:
-        return lr_at(epoch_float, self.cfg, self.dist.world_size)
+        return lr_at(epoch_float, self.cfg, self.dist.world_size, self.multigrid)
 
     def meter(self, total: int, what: str, unit: str = "batches") -> Progress:
         """A progress meter on stderr (primary rank, unless ``--no-progress``); throttled when not a terminal."""
@@ -254,7 +271,17 @@ def build_trainer(
             f"process(es) with data.batch_size={cfg.data.batch_size}; lower data.batch_size or add videos"
         )
     accumulate = int(cfg.train.get("accumulate", 1))
-    if len(train_loader) < accumulate:
+    multigrid = getattr(train_loader, "multigrid", None)
+    for stage in multigrid.stages if multigrid is not None else []:
+        if not train_loader.step_layout(stage.start_epoch):
+            need = multigrid.step_shapes(stage.start_epoch)[0].clips
+            raise TrainingError(
+                f"multigrid epochs {stage.start_epoch + 1}-{stage.end_epoch} take {need} clips per optimizer step on "
+                f"each of {dist_info.world_size} process(es) ({stage.batch_factor} x train.accumulate={accumulate} "
+                f"micro-batches of data.batch_size={cfg.data.batch_size} x the short cycle), but each process has "
+                f"{len(train_loader.shard())} training videos; lower data.batch_size, use fewer or milder "
+                f"train.multigrid factors, or add videos")
+    if multigrid is None and len(train_loader) < accumulate:
         raise TrainingError(
             f"train.accumulate={accumulate} needs {accumulate} micro-batches per optimizer step, but the training "
             f"loader yields {len(train_loader)} batch(es) per epoch on each of {dist_info.world_size} process(es) "
@@ -287,6 +314,7 @@ def build_trainer(
         progress=progress,
         prefix=ckpt.checkpoint_prefix(output_dir),
         mixup=mixup,
+        multigrid=multigrid,
     )
 
 
@@ -472,7 +500,7 @@ class _StepInputs:
 def _micro_batches(trainer: Trainer, batches: Any, epoch: int, step: int, seen: _StepInputs):
     """The ``train.accumulate`` micro-batches of optimizer step ``step``, pulled from ``batches`` one at a time,
     on the device and mixed when ``train.mixup`` is on (:mod:`engine.mixup`; seeded per micro-batch)."""
-    accumulate = trainer.accumulate
+    accumulate = trainer.micro_batches_per_step(epoch)
     for micro in range(accumulate):
         start = time.perf_counter()
         batch = next(batches, None)
@@ -503,7 +531,7 @@ def train_one_epoch(trainer: Trainer, epoch: int) -> dict:
     loader.set_epoch(epoch)
     model.train()
     num_iters = trainer.iters_per_epoch  # optimizer steps
-    accumulate = trainer.accumulate
+    accumulate = trainer.micro_batches_per_step(epoch)
     world = trainer.dist.world_size
     loss_meter, top1_meter = SmoothedValue(cfg.train.log_every), SmoothedValue(cfg.train.log_every)
     iter_time, data_time = SmoothedValue(cfg.train.log_every), SmoothedValue(cfg.train.log_every)
@@ -512,7 +540,7 @@ def train_one_epoch(trainer: Trainer, epoch: int) -> dict:
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     snapshot = BufferSnapshot(trainer.bare_model)
-    meter = trainer.meter(num_iters, f"[TRAIN] epoch {epoch + 1}/{cfg.train.epochs}")
+    meter = trainer.meter(num_iters, f"[TRAIN] epoch {epoch + 1}/{trainer.epochs}")
     batches = iter(loader)
     for step in range(num_iters):
         lr = trainer.lr(epoch + step / num_iters)
@@ -550,7 +578,7 @@ def train_one_epoch(trainer: Trainer, epoch: int) -> dict:
         iter_time.update(time.perf_counter() - end)
         end = time.perf_counter()
         if (step + 1) % cfg.train.log_every == 0 or step + 1 == num_iters:
-            remaining = (num_iters - step - 1) + (cfg.train.epochs - epoch - 1) * num_iters
+            remaining = (num_iters - step - 1) + (trainer.epochs - epoch - 1) * num_iters
             record = {
                 "epoch": epoch + 1,
                 "iter": step + 1,
@@ -567,7 +595,7 @@ def train_one_epoch(trainer: Trainer, epoch: int) -> dict:
                 record["max_mem_gib"] = torch.cuda.max_memory_allocated(device) / 2**30
             log.info(
                 "epoch %d/%d iter %d/%d  loss %.4f  top1 %.1f%%  lr %.5f  %.1f clips/s  data %.0f%%%s  eta %s",
-                epoch + 1, cfg.train.epochs, step + 1, num_iters, record["loss"], 100 * record["top1"], lr,
+                epoch + 1, trainer.epochs, step + 1, num_iters, record["loss"], 100 * record["top1"], lr,
                 record["clips_per_s"], 100 * record["data_wait"],
                 f"  mem {record['max_mem_gib']:.1f}G" if "max_mem_gib" in record else "",
                 format_duration(record["eta_s"]),
@@ -645,9 +673,6 @@ def precise_bn(trainer: Trainer, epoch: int) -> int:
         return 0
     loader = trainer.train_loader
     loader.set_epoch(epoch)
-    count = min(batches, len(loader))
-
-    meter = trainer.meter(count, f"[precise BN] epoch {epoch + 1}")
 
     def forward(model: nn.Module, batch: Any) -> Any:
         inputs, _, _ = _batch_inputs(trainer, batch)
@@ -655,7 +680,12 @@ def precise_bn(trainer: Trainer, epoch: int) -> int:
         meter.update()
         return output
 
-    used = update_bn_stats(trainer.model, loader, count, forward, trainer.precision.autocast)
+    # multigrid: at the full shape, the one validation and testing use (as the references recompute it at the
+    # final shape)
+    with loader.full_shape() if trainer.multigrid is not None else contextlib.nullcontext():
+        count = min(batches, len(loader))
+        meter = trainer.meter(count, f"[precise BN] epoch {epoch + 1}")
+        used = update_bn_stats(trainer.model, loader, count, forward, trainer.precision.autocast)
     meter.close()
     log.info("precise BN: statistics recomputed over %d batch(es)", used)
     return used
@@ -790,7 +820,7 @@ def resume(trainer: Trainer, path: Path) -> None:
                     path, rng.get("world_size"), trainer.dist.world_size)
         seed_everything(int(trainer.cfg.train.seed) + 1000 * trainer.epoch + trainer.dist.rank)
     _log_config_changes(state.get("config") or {}, trainer.cfg.to_dict())
-    log.info("resume: %s at epoch %d/%d (iteration %d, LR %.5f)", path, trainer.epoch, trainer.cfg.train.epochs,
+    log.info("resume: %s at epoch %d/%d (iteration %d, LR %.5f)", path, trainer.epoch, trainer.epochs,
              trainer.iteration, trainer.lr(trainer.epoch))
 
 
@@ -939,8 +969,8 @@ def fit(trainer: Trainer) -> dict:
     the primary rank also logs as a block (:func:`log_final_summary`)."""
     _log_setup(trainer)
     # Where this run starts: the curves drop the log's records of later epochs written before (engine.plots).
-    trainer.run_log.write("start", {"epoch": trainer.epoch, "epochs": trainer.cfg.train.epochs})
-    for epoch in range(trainer.epoch, trainer.cfg.train.epochs):
+    trainer.run_log.write("start", {"epoch": trainer.epoch, "epochs": trainer.epochs})
+    for epoch in range(trainer.epoch, trainer.epochs):
         train_summary = train_one_epoch(trainer, epoch)
         trainer.epoch = epoch + 1
         trainer.clips_trained += int(train_summary.get("clips", 0))
@@ -1049,15 +1079,24 @@ def _log_setup(trainer: Trainer) -> None:
         trainer.precision.name, cfg.model.channels_last, cfg.train.compile,
     )
     clips = global_batch(cfg, world)
+    steps = cfg.train.get("lr_policy", "cosine") == "steps"
     log.info(
         "LR: base_lr %.4g for %d clips -> %.4g for the global batch %d (%d x %d process(es) x %d accumulated), "
-        "linear warmup from %.4g over %g epochs, half-cosine to 0 at epoch %d",
+        "linear warmup from %.4g over %g epochs, %s",
         cfg.train.base_lr, cfg.train.base_batch, scaled_lr(cfg.train.base_lr, clips, 1, cfg.train.base_batch),
         clips, cfg.data.batch_size, world, trainer.accumulate,
         scaled_lr(cfg.train.warmup_start_lr, clips, 1, cfg.train.base_batch),
-        effective_warmup(cfg.train.warmup_epochs, cfg.train.epochs), cfg.train.epochs,
+        effective_warmup(cfg.train.warmup_epochs, trainer.epochs),
+        f"x{cfg.train.lr_gamma:g} at epochs {(trainer.multigrid.lr_steps if trainer.multigrid else cfg.train.lr_steps)[1:]}"
+        if steps else f"half-cosine to 0 at epoch {trainer.epochs}",
     )
-    dropped = len(trainer.train_loader) % trainer.accumulate
+    if trainer.multigrid is not None:
+        log.info("multigrid (long cycle %s, short cycle %s): %d epochs (train.epochs %d x %g); validation, precise "
+                 "BN and testing at the full shape", trainer.multigrid.long_cycle, trainer.multigrid.short_cycle,
+                 trainer.epochs, cfg.train.epochs, trainer.multigrid.epoch_factor)
+        for line in trainer.multigrid.describe():
+            log.info("multigrid: %s", line)
+    dropped = 0 if trainer.multigrid is not None else len(trainer.train_loader) % trainer.accumulate
     if dropped:
         log.info("train.accumulate=%d: %d optimizer steps per epoch; the last %d of the %d batches per epoch (an "
                  "incomplete group) are not trained on", trainer.accumulate, trainer.iters_per_epoch, dropped,
@@ -1067,12 +1106,13 @@ def _log_setup(trainer: Trainer) -> None:
         log.info("mixup: alpha %g, cutmix_alpha %g, prob %g, switch_prob %g, label_smoothing %g (soft-target "
                  "cross-entropy; training top-1 against the dominant label)", m.alpha, m.cutmix_alpha, m.prob,
                  m.switch_prob, m.label_smoothing)
-    if effective_warmup(cfg.train.warmup_epochs, cfg.train.epochs) != float(cfg.train.warmup_epochs):
+    if effective_warmup(cfg.train.warmup_epochs, trainer.epochs) != float(cfg.train.warmup_epochs):
         log.warning(
-            "train.warmup_epochs=%g is longer than %g of train.epochs=%d: warming up over %g epochs instead "
+            "train.warmup_epochs=%g is longer than %g of %s=%d: warming up over %g epochs instead "
             "(engine/lr_schedule.py caps the warm-up); set -o train.warmup_epochs=... to choose another",
-            cfg.train.warmup_epochs, MAX_WARMUP_FRACTION, cfg.train.epochs,
-            effective_warmup(cfg.train.warmup_epochs, cfg.train.epochs),
+            cfg.train.warmup_epochs, MAX_WARMUP_FRACTION,
+            "train.epochs" if trainer.multigrid is None else "the multigrid run's epochs", trainer.epochs,
+            effective_warmup(cfg.train.warmup_epochs, trainer.epochs),
         )
     log.info(
         "data: %s on %s, %d training batches per epoch%s; output in %s",
@@ -1086,12 +1126,12 @@ def end_of_epoch(trainer: Trainer, epoch: int, train_summary: dict) -> None:
     """After epoch ``epoch``: log, precise BN (or rank 0's BN statistics), validation, checkpoints."""
     cfg = trainer.cfg
     done = epoch + 1
-    last = done == cfg.train.epochs
+    last = done == trainer.epochs
     do_val = trainer.validate and (done % cfg.train.validate_every == 0 or last)
     numbered = done % cfg.train.save_every == 0 or last
     log.info(
         "epoch %d/%d done in %s: loss %.4f  top1 %.1f%%  %.1f clips/s  data wait %.0f%%  skipped %d",
-        done, cfg.train.epochs, format_duration(train_summary["time_s"]), train_summary["loss"],
+        done, trainer.epochs, format_duration(train_summary["time_s"]), train_summary["loss"],
         100 * train_summary["top1"], train_summary["clips_per_s"], 100 * train_summary["data_wait"],
         train_summary["skipped_steps"],
     )

@@ -68,6 +68,7 @@ the rotation) if their orientation matters.
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
@@ -78,6 +79,7 @@ import numpy as np
 import torch
 
 from pipelines import SPLITS, sampling
+from pipelines.multigrid import Multigrid, StepShape
 from pipelines.dataset import DatasetError, VideoRecord
 from pipelines.probe import ProbeError, probe_video, regular_file_error
 from utils.cpus import worker_count
@@ -131,10 +133,11 @@ class LoaderSettings:
     val_sampling: str = "centred"
     antialias: bool = True
     slow_sampling: str = "linspace"
+    multigrid: Optional[Multigrid] = None  # train.multigrid (training split only; None: every clip at full shape)
 
     @classmethod
     def from_config(cls, cfg: Any, *, imported_weights: bool = False,
-                    slow_sampling: str = "linspace") -> "LoaderSettings":
+                    slow_sampling: str = "linspace", alpha: int = 1) -> "LoaderSettings":
         """The settings of ``cfg``.
 
         Args:
@@ -145,6 +148,7 @@ class LoaderSettings:
                 saw unantialiased frames), else ``True``. Ignored when the key is ``true`` or ``false``.
             slow_sampling: which Fast frames the Slow pathway takes, the model's ``arch.slow_sampling``
                 (:func:`pipelines.sampling.slow_indices`): ``linspace`` (PySlowFast) or ``nearest`` (MMAction2).
+            alpha: the model's speed ratio (multigrid stages must keep a multiple of it).
         """
         data, test = cfg.data, cfg.test
         short = data.train_short_side
@@ -161,7 +165,8 @@ class LoaderSettings:
             num_workers=None if data.num_workers is None else int(data.num_workers),
             prefetch=max(int(data.prefetch or 1), 1),
             clip_rule=str(test.clip_rule), val_sampling=str(cfg.train.val_sampling), slow_sampling=str(slow_sampling),
-            antialias=resolve_antialias(data.resize_antialias, imported_weights))
+            antialias=resolve_antialias(data.resize_antialias, imported_weights),
+            multigrid=Multigrid.from_config(cfg, alpha))
 
 
 def resolve_antialias(setting: Any, imported_weights: bool = False) -> bool:
@@ -190,6 +195,7 @@ class ClipPlan:
     clips: np.ndarray                # (num_clips, T) source frame indices, int64
     crops: list = field(default_factory=list)   # sampling.SpatialParams, one per crop
     slot_index: int = -2             # the slot's planned video (before any replacement); -1 = padding
+    shape: Optional[StepShape] = None  # multigrid: the step's clip shape (None: the full shape)
 
 
 def replacement_order(num_videos: int, seed: int, epoch: int, video_index: int) -> np.ndarray:
@@ -361,6 +367,10 @@ class VideoLoader:
         for index, error in unprobed.items():
             self.mark_bad(index, error)
         self.epoch = 0
+        # multigrid (training only): clip shapes and batch sizes follow settings.multigrid per epoch and step,
+        # except inside full_shape() (precise BN)
+        self.multigrid = settings.multigrid if split == "train" else None
+        self._full_shape = False
 
     # ------------------------------------------------------------------ epochs, shards, length
     def set_epoch(self, epoch: int) -> None:
@@ -374,9 +384,35 @@ class VideoLoader:
                                       seed=self.settings.seed, epoch=self.epoch if epoch is None else epoch,
                                       pad=not train)
 
+    @property
+    def multigrid_active(self) -> bool:
+        """Whether batches follow the multigrid schedule now (training with train.multigrid, not full_shape())."""
+        return self.multigrid is not None and not self._full_shape
+
+    @contextlib.contextmanager
+    def full_shape(self) -> Iterator[None]:
+        """Inside: every batch is ``data.batch_size`` clips at the full shape, multigrid or not (precise BN)."""
+        previous, self._full_shape = self._full_shape, True
+        try:
+            yield
+        finally:
+            self._full_shape = previous
+
+    @property
+    def max_batch_size(self) -> int:
+        """The largest batch this loader can deliver (multigrid's short cycle has larger ones)."""
+        return self.multigrid.max_micro_batch() if self.multigrid is not None else self.batch_size
+
+    def step_layout(self, epoch: Optional[int] = None) -> list[StepShape]:
+        """Multigrid: the optimizer steps of ``epoch`` on this rank, one shape each (:meth:`Multigrid.layout`)."""
+        shard = len(sampling.shard_indices(len(self.records), self.rank, self.world_size))
+        return self.multigrid.layout(shard, self.epoch if epoch is None else int(epoch))
+
     def __len__(self) -> int:
         shard = len(sampling.shard_indices(len(self.records), self.rank, self.world_size,
                                            pad=self.split != "train"))
+        if self.multigrid_active:
+            return sum(shape.micro_batches for shape in self.step_layout())
         if self.split == "train":
             return shard // self.batch_size   # full batches only (PySlowFast's drop_last)
         return -(-shard // self.batch_size)
@@ -385,7 +421,7 @@ class VideoLoader:
         raise NotImplementedError(f"{type(self).__name__} must implement __iter__ (decode epoch_batches())")
 
     # ------------------------------------------------------------------ planning
-    def plan(self, video_index: int, epoch: Optional[int] = None) -> ClipPlan:
+    def plan(self, video_index: int, epoch: Optional[int] = None, shape: Optional[StepShape] = None) -> ClipPlan:
         """The frames and crops of ``video_index`` in ``epoch`` (``-1``: a padding slot, showing video 0).
 
         Train: ``clip_rng(seed, epoch, video)`` draws the frame indices first, then scale, crop and flip.
@@ -393,23 +429,31 @@ class VideoLoader:
         ``reference``: drawn like training (random clip, scale in ``train_short_side``, ``train_crop``,
         flip), from ``clip_rng(seed, epoch, video, VAL_STREAM)``. Test: ``num_clips`` clips x ``num_crops``
         crops under ``test.clip_rule``. A video without geometry (it could not be probed) gets an empty plan;
-        :meth:`resolve` never hands such a plan out.
+        :meth:`resolve` never hands such a plan out. A multigrid ``shape`` (train) sets the frames, the crop and
+        the short-side range; a frame stride range ``lo < hi`` is drawn first from the same stream.
         """
         s = self.settings
         epoch = self.epoch if epoch is None else int(epoch)
         record_index = int(video_index) if video_index >= 0 else 0
         record = self.records[record_index]
+        frames = shape.num_frames if shape is not None else s.num_frames
         plan = ClipPlan(int(video_index), record_index, int(record.label), epoch,
-                        np.zeros((0, s.num_frames), dtype=np.int64), [], slot_index=int(video_index))
+                        np.zeros((0, frames), dtype=np.int64), [], slot_index=int(video_index), shape=shape)
         if not _has_geometry(record, need_codec=False):
             return plan
         timing = dict(num_frames=s.num_frames, sampling_rate=s.sampling_rate, target_fps=s.target_fps)
         if self.split == "train" or (self.split == "val" and s.val_sampling == "reference"):
             stream = sampling.TRAIN_STREAM if self.split == "train" else sampling.VAL_STREAM
             rng = sampling.clip_rng(s.seed, epoch, record_index, stream)
+            crop, short_side = self.crop, s.train_short_side
+            if shape is not None:
+                lo, hi = shape.sampling_rates
+                rate = int(rng.integers(lo, hi + 1)) if hi > lo else lo
+                timing.update(num_frames=shape.num_frames, sampling_rate=rate)
+                crop, short_side = shape.crop, shape.short_side
             plan.clips = sampling.train_clip_indices(record.num_frames, record.fps, rng, **timing)[None]
-            plan.crops = [sampling.train_spatial_params(record.height, record.width, rng, s.train_short_side,
-                                                        self.crop, s.train_flip)]
+            plan.crops = [sampling.train_spatial_params(record.height, record.width, rng, short_side,
+                                                        crop, s.train_flip)]
         elif self.split == "val":
             plan.clips = sampling.val_clip_indices(record.num_frames, record.fps, **timing)[None]
             plan.crops = [sampling.val_spatial_params(record.height, record.width, s.test_short_side, self.crop)]
@@ -421,9 +465,21 @@ class VideoLoader:
         return plan
 
     def epoch_batches(self, epoch: Optional[int] = None) -> list[list[ClipPlan]]:
-        """The epoch's planned batches for this rank (``len(self)`` of them), before any replacement."""
+        """The epoch's planned batches for this rank (``len(self)`` of them), before any replacement.
+
+        Multigrid: the micro-batches of :meth:`step_layout`, each step's ``micro_batches`` of ``micro_batch``
+        clips at its shape, in order (the trainer groups them into optimizer steps).
+        """
         epoch = self.epoch if epoch is None else int(epoch)
-        plans = [self.plan(int(i), epoch) for i in self.shard(epoch)]
+        shard = self.shard(epoch)
+        if self.multigrid_active:
+            batches, used = [], 0
+            for shape in self.step_layout(epoch):
+                for _ in range(shape.micro_batches):
+                    batches.append([self.plan(int(i), epoch, shape) for i in shard[used:used + shape.micro_batch]])
+                    used += shape.micro_batch
+            return batches
+        plans = [self.plan(int(i), epoch) for i in shard]
         size = self.batch_size
         return [plans[i:i + size] for i in range(0, len(plans), size)][: len(self)]
 
@@ -459,7 +515,7 @@ class VideoLoader:
                 if met is not None:
                     met.append(candidate)
                 continue
-            replacement = self.plan(candidate, planned.epoch)
+            replacement = self.plan(candidate, planned.epoch, planned.shape)
             replacement.slot_index = planned.slot_index
             if self.split != "train" or planned.video_index < 0:
                 replacement.video_index = -1  # val keeps its batch shape with a padding sample
@@ -542,7 +598,10 @@ class VideoLoader:
         ``fast`` may be any strided view (DALI hands over an NTHWC buffer as a permuted view); with
         ``channels_last`` it stays in ``torch.channels_last_3d`` memory (no copy when it already is).
         """
-        positions = torch.as_tensor(self.slow_positions, device=fast.device)
+        frames = fast.shape[2]
+        slow_positions = self.slow_positions if frames == self.settings.num_frames else \
+            sampling.slow_indices(frames, self.alpha, self.settings.slow_sampling)  # a multigrid stage
+        positions = torch.as_tensor(slow_positions, device=fast.device)
         if self.settings.channels_last:
             fast = fast.contiguous(memory_format=torch.channels_last_3d)
             # select on the NTHWC view so the slow pathway comes out channels-last too

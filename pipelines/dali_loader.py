@@ -176,7 +176,8 @@ class DaliVideoLoader(VideoLoader):
         self._dtype_name = str(data.dtype) if self.placement == "gpu" else "fp32"
         if self._dtype_name not in TORCH_DTYPES:
             raise ValueError(f"data.dtype={self._dtype_name!r} is unknown; choose one of {sorted(TORCH_DTYPES)}")
-        settings = LoaderSettings.from_config(cfg, imported_weights=imported_weights, slow_sampling=slow_sampling)
+        settings = LoaderSettings.from_config(cfg, imported_weights=imported_weights, slow_sampling=slow_sampling,
+                                              alpha=alpha)
         super().__init__(records, data.root, split, settings=settings, rank=rank,
                          world_size=world_size, alpha=alpha)
         list_path = data.get(f"{split}_list") or "the given files"
@@ -241,7 +242,9 @@ class DaliVideoLoader(VideoLoader):
                 self._pipe = None
 
     def _max_samples(self) -> int:
-        return self.batch_size * (1 if self.decode_once else self.views)
+        # one pipeline for the whole run: multigrid batches change size and shape per step and stage, which
+        # DALI's per-sample inputs carry, so no pipeline (and no decoder) is rebuilt when they do
+        return self.max_batch_size * (1 if self.decode_once else self.views)
 
     # ---------------------------------------------------------------- feeding DALI
     def _read(self, record_index: int) -> np.ndarray:

@@ -241,7 +241,8 @@ class PyAVLoader(VideoLoader):
         (N, T, crop, crop, 3) buffer seen as ``torch.channels_last_3d`` (normalised in one pass per frame)."""
         s = self.settings
         frames = views[0][1].numel() if views else s.num_frames
-        out = torch.empty((len(views), frames, self.crop, self.crop, 3), dtype=torch.float32)
+        crop = int(views[0][0].shape[1]) if views else self.crop  # a multigrid step's crop may be smaller
+        out = torch.empty((len(views), frames, crop, crop, 3), dtype=torch.float32)
         normalise_into(out, [v for v, _ in views], s.mean, s.std, positions=[p for _, p in views])
         return out.permute(0, 4, 1, 2, 3)
 
@@ -258,12 +259,16 @@ class PyAVLoader(VideoLoader):
     def __iter__(self) -> Iterator[tuple[list[torch.Tensor], torch.Tensor, torch.Tensor]]:
         self.begin_epoch()
         dataset = self._dataset
-        dataset.plans = [plan for batch in self.epoch_batches() for plan in batch]
+        batches = self.epoch_batches()
+        dataset.plans = [plan for batch in batches for plan in batch]
         dataset.bad = set(self._bad)  # workers start from what is known (fork or pickle copies it)
         workers = min(worker_count(self.settings.num_workers), len(dataset))
+        # the positions of each planned batch (multigrid batches differ in size)
+        starts = np.cumsum([0] + [len(batch) for batch in batches])
+        positions = [list(range(a, b)) for a, b in zip(starts[:-1], starts[1:])]
         loader = torch.utils.data.DataLoader(
-            dataset, batch_size=self.batch_size, shuffle=False, num_workers=workers, collate_fn=self._collate,
-            pin_memory=torch.cuda.is_available(), drop_last=False,
+            dataset, batch_sampler=positions, num_workers=workers, collate_fn=self._collate,
+            pin_memory=torch.cuda.is_available(),
             prefetch_factor=self.settings.prefetch if workers > 0 else None, persistent_workers=False)
         for batch, failures, met, rotations in loader:
             for failure in failures:
@@ -295,6 +300,7 @@ def build_pyav_loader(cfg: Any, split: str, *, rank: int = 0, world_size: int = 
     root = Path(cfg.data.root)
     if records is None:
         records = load_records(cfg.data[f"{split}_list"], root, int(cfg.model.num_classes))
-    settings = LoaderSettings.from_config(cfg, imported_weights=imported_weights, slow_sampling=slow_sampling)
+    settings = LoaderSettings.from_config(cfg, imported_weights=imported_weights, slow_sampling=slow_sampling,
+                                          alpha=alpha)
     return PyAVLoader(records, root, split, settings=settings, rank=rank,
                       world_size=world_size, alpha=alpha)

@@ -346,3 +346,49 @@ def test_pixels_match_the_pyav_baseline(backend, videos, split, protocol):
         diff = (of.float().cpu() - pf).abs()
         assert diff.max().item() < DECODER_MAX_LEVELS * LEVEL
         assert diff.mean().item() < DECODER_MEAN_LEVELS * LEVEL
+
+
+# ------------------------------------------------------------------------------------------ multigrid
+
+# Long cycle (4 frames at the full 40-pixel crop, then the full 8 frames) and a short cycle of one smaller crop,
+# at 1 clip per micro-batch, over 2 x 1.5 = 3 epochs: hand-computed from pipelines/multigrid.py's rules,
+# batch factor round(T S^2 / (T' S'^2)): stage 1 (4 frames, 40 px) x2, epochs [0, 2); stage 2 (8, 40) x1, [2, 3);
+# short-cycle crop round(0.7071 * 40) = 28 with round((40 / 28.28)^2) = 2 clips per micro-batch.
+MULTIGRID = ("train.multigrid.long_cycle=true", "train.multigrid.short_cycle=true",
+             "train.multigrid.long_cycle_factors=[[0.5,1.0],[1.0,1.0]]", "train.multigrid.short_cycle_factors=0.7071",
+             "train.epochs=2", "data.batch_size=1")
+# (frames, crop, clips per micro-batch, micro-batches per step) of each step, for the 7 videos
+MULTIGRID_STEPS = {0: [(4, 28, 2, 2), (4, 40, 1, 2)],
+                   2: [(8, 28, 2, 1), (8, 40, 1, 1), (8, 28, 2, 1), (8, 40, 1, 1)]}
+
+
+def test_multigrid_batches_follow_the_schedule_with_the_planned_frames(backend, videos):
+    """Every backend delivers each multigrid micro-batch at its step's frames, crop and size, with the frames the
+    rule draws (the stride in [2, 2 * 8 // 4] first); one DALI pipeline serves every shape; full_shape() gives
+    data.batch_size clips at the full shape."""
+    loader = make_loader(backend, videos(backend[2]), "train", *MULTIGRID)
+    assert loader.max_batch_size == 2
+    pipelines = set()
+    for epoch, steps in MULTIGRID_STEPS.items():
+        loader.set_epoch(epoch)
+        expected = [(frames, crop, clips) for frames, crop, clips, micro in steps for _ in range(micro)]
+        batches = collect(loader)
+        assert len(loader) == len(batches) == len(expected)
+        shard = iter(loader.shard(epoch).tolist())
+        for (slow, fast, labels, video_index), (frames, crop, clips) in zip(batches, expected):
+            assert tuple(fast.shape) == (clips, 3, frames, crop, crop)
+            assert tuple(slow.shape) == (clips, 3, frames // ALPHA, crop, crop)
+            for j, vi in enumerate(video_index.tolist()):
+                assert vi == next(shard)
+                record = loader.records[vi]
+                rng = sampling.clip_rng(SEED, epoch, vi, sampling.TRAIN_STREAM)
+                rate = int(rng.integers(2, 2 * (T // frames) + 1)) if frames < T else 2
+                clip = sampling.train_clip_indices(record.num_frames, record.fps, rng, num_frames=frames,
+                                                   sampling_rate=rate, target_fps=30.0)
+                assert frame_numbers(fast[j]) == clip.tolist()
+                assert frame_numbers(slow[j]) == clip[sampling.slow_indices(frames, ALPHA)].tolist()
+        pipelines.add(id(getattr(loader, "_pipe", None)))
+    assert len(pipelines) == 1  # DALI: the pipeline built in epoch 0 is the one of epoch 2
+    with loader.full_shape():
+        full = collect(loader)
+    assert len(full) == 7 and all(tuple(f.shape) == (1, 3, T, 40, 40) for _, f, _, _ in full)
