@@ -226,6 +226,16 @@ class Trainer:
     def lr(self, epoch_float: float) -> float:
         return lr_at(epoch_float, self.cfg, self.dist.world_size, self.multigrid)
 
+    def epochs_ahead(self, epoch: int) -> float:
+        """The epochs after ``epoch``, in units of ``epoch``'s cost (for the ETA): their count, or under multigrid
+        the sum of their pixels to decode and compute (clips x frames x crop^2) over ``epoch``'s."""
+        later = range(epoch + 1, self.epochs)
+        if self.multigrid is None:
+            return float(len(later))
+        shard = len(self.train_loader.shard(epoch))
+        cost = [self.multigrid.epoch_cost(shard, e) for e in (epoch, *later)]
+        return sum(cost[1:]) / max(cost[0], 1)
+
     def meter(self, total: int, what: str, unit: str = "batches") -> Progress:
         """A progress meter on stderr (primary rank, unless ``--no-progress``); throttled when not a terminal."""
         return Progress(total, what, unit, enabled=self.progress and self.dist.is_primary)
@@ -578,7 +588,8 @@ def train_one_epoch(trainer: Trainer, epoch: int) -> dict:
         iter_time.update(time.perf_counter() - end)
         end = time.perf_counter()
         if (step + 1) % cfg.train.log_every == 0 or step + 1 == num_iters:
-            remaining = (num_iters - step - 1) + (trainer.epochs - epoch - 1) * num_iters
+            # steps left, in this epoch's steps (multigrid: later epochs weighted by their cost)
+            remaining = (num_iters - step - 1) + trainer.epochs_ahead(epoch) * num_iters
             record = {
                 "epoch": epoch + 1,
                 "iter": step + 1,

@@ -231,6 +231,11 @@ class Multigrid:
             steps.append(shape)
             used += shape.clips
 
+    def epoch_cost(self, shard_size: int, epoch: int) -> int:
+        """The pixels an epoch decodes and computes on one rank (clips x frames x crop^2 over its steps): what an
+        epoch costs relative to another (the ETA's unit)."""
+        return sum(s.clips * s.num_frames * s.crop ** 2 for s in self.layout(shard_size, epoch))
+
     def describe(self) -> list[str]:
         """One line per stage, for the training log."""
         lines = []

@@ -190,3 +190,12 @@ def test_training_follows_the_schedule_and_recomputes_bn_at_the_full_shape(tmp_p
     # precise BN before the epoch-3 checkpoint: 3 batches of data.batch_size clips at 8 frames x 40 pixels
     assert precise_shapes == [(1, 3, 8, 40, 40)] * 3
     assert torch.load(out / "latest.pt", weights_only=False)["epoch"] == 3
+
+
+def test_epoch_cost_weights_the_eta():
+    """The training test's schedule on 7 videos: epoch 1's steps are 4 clips of 4 frames at 28 px and 2 clips of 4 at
+    40 (4*4*28^2 + 2*4*40^2 = 25344 pixels); epoch 3's are twice 2 clips of 8 at 28 and 1 clip of 8 at 40 (50688)."""
+    grid = Multigrid(num_frames=8, crop=40, sampling_rate=2, short_side=(40, 40), batch_size=1, accumulate=1,
+                     epochs=2, lr_policy="cosine", lr_steps=[], long_cycle=True, short_cycle=True, epoch_factor=1.5,
+                     long_cycle_factors=[(0.5, 1.0), (1.0, 1.0)], short_cycle_factors=[0.7071], alpha=4)
+    assert [grid.epoch_cost(7, e) for e in range(3)] == [25344, 25344, 50688]
