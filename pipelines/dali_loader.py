@@ -13,7 +13,9 @@ How the parameters flow:
    segment on the same pool (:mod:`pipelines.clip_segment`; test decode once: the file from the keyframe
    before the first clip) and hands DALI one sample per clip: segment bytes, frame indices shifted into
    it, resized size, crop corner, flip. NOTE: without the segment DALI 2.4 decodes every clip from frame 0
-   (see :mod:`pipelines.clip_segment`).
+   (see :mod:`pipelines.clip_segment`). DALI calls the callback in the training thread, so the reading and
+   cutting of each batch is started one call early in a read-ahead thread (:class:`_Feeder`): it overlaps
+   the training step instead of holding it up.
 3. DALI decodes all samples of the batch concurrently, resizes, crops, flips and normalises on the
    device, and emits (N, T, H, W, C). That buffer is taken by torch through DLPack without a copy and
    handed out as ``permute(0, 4, 1, 2, 3)``: an (N, C, T, H, W) view in ``torch.channels_last_3d``.
@@ -40,7 +42,7 @@ import io
 import logging
 import re
 import weakref
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator, Optional
@@ -108,21 +110,36 @@ class _Sample:
 
 
 class _Feeder:
-    """The external source's callback: the planned batches from a position on, one per call."""
+    """The external source's callback: the planned batches from a position on, one per call.
+
+    DALI calls it in the thread that runs the pipeline, the training thread. So that reading files does not hold
+    training up, each call first starts reading the NEXT batch in the loader's read-ahead thread (the files'
+    bytes, their rotation check and their GOP-aligned segments: :meth:`DaliVideoLoader._read_batch`), and the
+    batch it prepares now was read during the previous call's wait. Only the bookkeeping (replacements, failures)
+    stays in the training thread.
+    """
 
     def __init__(self, loader: "DaliVideoLoader") -> None:
         self.loader = loader
         self.batches: list[list[ClipPlan]] = []
         self.position = 0
         self.in_flight: collections.deque = collections.deque()  # prepared samples, oldest first
+        self.ahead: dict[int, Future] = {}  # batch position -> its reads, started a call early
 
     def start(self, batches: list[list[ClipPlan]], position: int) -> None:
         self.batches, self.position = batches, position
         self.in_flight.clear()
+        self.ahead = {}  # reads of an abandoned order finish unobserved
+
+    def read_ahead(self, position: int) -> None:
+        if position < len(self.batches) and position not in self.ahead:
+            self.ahead[position] = self.loader._read_ahead.submit(self.loader._read_batch, self.batches[position])
 
     def __call__(self) -> tuple:
         while self.position < len(self.batches):
-            samples = self.loader._prepare(self.batches[self.position])
+            reads = self.ahead.pop(self.position, None)
+            self.read_ahead(self.position + 1)
+            samples = self.loader._prepare(self.batches[self.position], reads.result() if reads else None)
             self.position += 1
             self.in_flight.append(samples)
             if samples:  # a test batch whose every video is known bad comes out empty, DALI never sees it
@@ -193,6 +210,7 @@ class DaliVideoLoader(VideoLoader):
         self.num_threads = max(worker_count(self.settings.num_workers), 1)
         self.prefetch = self.settings.prefetch
         self._readers = ThreadPoolExecutor(max_workers=min(8, self.num_threads), thread_name_prefix="dali-read")
+        self._read_ahead = ThreadPoolExecutor(max_workers=1, thread_name_prefix="dali-read-ahead")
         self._feeder = _Feeder(self)
         self._pipe = None               # reused across epochs while it ends each epoch cleanly
         self._previous_output = None    # see _to_torch: keeps the last batch's DALI buffers alive
@@ -269,13 +287,28 @@ class DaliVideoLoader(VideoLoader):
         # decodes one frame, once per file and loader
         return encoded, None, video_rotation(io.BytesIO(encoded.tobytes()))
 
-    def _prepare(self, planned: list[ClipPlan]) -> list[_Sample]:
-        """A planned batch resolved (known-bad videos replaced or left out) with its bytes read."""
+    def _read_batch(self, planned: list[ClipPlan]) -> dict[int, tuple]:
+        """The read-ahead thread's work for a planned batch: per plan (by ``id``) whose video is not known bad,
+        ``(bytes, error, rotation, segments)`` (segments None when unread). Touches no loader state but reads."""
+        plans = [p for p in planned if not self.is_bad(p.record_index)]
+        results = list(self._readers.map(self._read_or_error, [p.record_index for p in plans]))
+        readable = [(p, r) for p, r in zip(plans, results) if r[1] is None]
+        segments = list(self._readers.map(self._segments, [_Sample(p, r[0]) for p, r in readable]))
+        out = {id(p): (*r, None) for p, r in zip(plans, results)}
+        out.update({id(p): (*r, seg) for (p, r), seg in zip(readable, segments)})
+        return out
+
+    def _prepare(self, planned: list[ClipPlan], ahead: Optional[dict[int, tuple]] = None) -> list[_Sample]:
+        """A planned batch resolved (known-bad videos replaced or left out) with its bytes read; ``ahead``: what
+        :meth:`_read_batch` read for it already (a replacement, and anything else, is read here)."""
+        ahead = ahead or {}
         while True:
             met: list[int] = []
             plans = [plan for plan in (self.resolve(p, met=met) for p in planned) if plan is not None]
             self.note_met(met)
-            results = list(self._readers.map(self._read_or_error, [p.record_index for p in plans]))
+            missing = [p for p in plans if id(p) not in ahead]
+            read = dict(zip(map(id, missing), self._readers.map(self._read_or_error, [p.record_index for p in missing])))
+            results = [ahead[id(p)][:3] if id(p) in ahead else read[id(p)] for p in plans]
             for plan, (_, _, rotation) in zip(plans, results):
                 if rotation is not None:
                     self.note_rotation(plan.record_index, rotation)
@@ -284,8 +317,13 @@ class DaliVideoLoader(VideoLoader):
                 self.mark_bad(plan.record_index, f"cannot read: {error}")
             if not unreadable:  # else resolve again: the unreadable ones are now known bad
                 samples = [_Sample(plan, encoded) for plan, (encoded, _, _) in zip(plans, results)]
-                for sample, segments in zip(samples, self._readers.map(self._segments, samples)):
+                cut = [s for s in samples if id(s.plan) not in ahead or ahead[id(s.plan)][3] is None]
+                for sample, segments in zip(cut, self._readers.map(self._segments, cut)):
                     sample.segments = segments
+                fresh = {id(s) for s in cut}
+                for sample in samples:
+                    if id(sample) not in fresh:
+                        sample.segments = ahead[id(sample.plan)][3]
                 return samples
 
     def _segments(self, sample: _Sample) -> list:
@@ -471,9 +509,10 @@ def _release(state: dict) -> None:
     pipe, state["_pipe"] = state.get("_pipe"), None
     del pipe  # the pipeline's own destructor frees its decoders and buffers, here and now
     state["_closed"] = True
-    readers = state.get("_readers")
-    if readers is not None:
-        readers.shutdown(wait=True, cancel_futures=True)
+    for name in ("_read_ahead", "_readers"):  # the read-ahead thread submits to the readers: stop it first
+        pool = state.get(name)
+        if pool is not None:
+            pool.shutdown(wait=True, cancel_futures=True)
 
 
 def _check_codecs(records: list[VideoRecord], root: Path, placement: str, list_path: str | Path) -> None:

@@ -6,6 +6,7 @@ References: pipelines.sampling (which frames, which crop), frame numbers encoded
 from __future__ import annotations
 
 import os
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -560,6 +561,36 @@ def test_close_releases_the_pipeline_and_the_reader_threads(numbered):
     assert loader._pipe is not None
     loader.close()
     loader.close()  # idempotent
-    assert loader._pipe is None and loader._readers._shutdown
+    assert loader._pipe is None and loader._readers._shutdown and loader._read_ahead._shutdown
     with pytest.raises(RuntimeError, match="closed"):
         next(iter(loader))
+
+
+def test_files_are_read_ahead_outside_the_training_thread(numbered, monkeypatch):
+    """The external source runs in the training thread; the files of the batch after the one it prepares are read
+    by the read-ahead thread meanwhile (as bytes, rotation check and segments), and the batches are unchanged."""
+    expected = [(f.clone(), vi.clone()) for (_, f), _, vi in loader_for(numbered, "train")]
+    loader = loader_for(numbered, "train", "data.prefetch=1")
+    readers: dict[int, set] = {}
+    real_read = type(loader)._read
+
+    def spy(self, record_index):
+        readers.setdefault(int(record_index), set()).add(threading.current_thread().name)
+        return real_read(self, record_index)
+
+    monkeypatch.setattr(type(loader), "_read", spy)
+    batches = loader.epoch_batches()
+    it = iter(loader)
+    first = next(it)  # DALI has asked for batch 0 (and, with prefetch 1, maybe batch 1): batch 2 is not needed yet
+    for future in list(loader._feeder.ahead.values()):
+        future.result()
+    ahead = max(loader._feeder.ahead) if loader._feeder.ahead else None
+    assert ahead is not None and ahead >= 1
+    # batch `ahead` is beyond what DALI asked for, yet its files are read already, by the reader threads
+    for plan in batches[ahead]:
+        assert plan.record_index in readers, (ahead, readers)
+        assert all(name.startswith("dali-read") for name in readers[plan.record_index]), readers
+    got = [first] + list(it)
+    assert len(got) == len(expected)
+    for ((_, fast), _, vi), (want_fast, want_vi) in zip(got, expected):
+        assert torch.equal(vi, want_vi) and torch.equal(fast, want_fast)
