@@ -164,19 +164,7 @@ def test_training_follows_the_schedule_and_recomputes_bn_at_the_full_shape(tmp_p
 
     monkeypatch.setattr(tr, "update_bn_stats", spy)
     out = tmp_path / "run"
-    argv = ["--output-dir", str(out), "--no-progress",
-            "-o", "model.name=slowfast_tiny", "-o", "model.num_classes=3", "-o", "model.args={dropout: 0.0}",
-            "-o", f"data.root={numbered_set}", "-o", f"data.train_list={numbered_set / 'train.list'}",
-            "-o", "data.backend=pyav", "-o", "data.device=cpu", "-o", "data.num_workers=0",
-            "-o", "data.num_frames=8", "-o", "data.sampling_rate=2", "-o", "data.train_short_side=40",
-            "-o", "data.train_crop=40", "-o", "data.batch_size=1", "-o", "train.optimizer=sgd",
-            "-o", "train.epochs=2", "-o", "train.warmup_epochs=0", "-o", "train.base_lr=0.8",
-            "-o", "train.base_batch=1", "-o", "train.precision=fp32", "-o", "train.log_every=1",
-            "-o", "train.precise_bn_batches=3", "-o", "train.save_every=3",
-            "-o", "train.multigrid.long_cycle=true", "-o", "train.multigrid.short_cycle=true",
-            "-o", "train.multigrid.long_cycle_factors=[[0.5,1.0],[1.0,1.0]]",
-            "-o", "train.multigrid.short_cycle_factors=0.7071"]
-    assert run_cli(train.main, argv) == 0
+    assert run_cli(train.main, _multigrid_argv(out, numbered_set)) == 0
     records = [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
     steps = [(r["epoch"], r["iter"], r["iters"], r["lr"]) for r in records if r["kind"] == "iter"]
 
@@ -190,6 +178,51 @@ def test_training_follows_the_schedule_and_recomputes_bn_at_the_full_shape(tmp_p
     # precise BN before the epoch-3 checkpoint: 3 batches of data.batch_size clips at 8 frames x 40 pixels
     assert precise_shapes == [(1, 3, 8, 40, 40)] * 3
     assert torch.load(out / "latest.pt", weights_only=False)["epoch"] == 3
+
+
+def test_a_multigrid_run_resumed_across_a_stage_change_ends_as_an_uninterrupted_one(tmp_path, numbered_set,
+                                                                                      monkeypatch):
+    """Killed after epoch 2 (the last of stage 1), resumed into stage 2: the same steps, LRs and weights."""
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    full, cut = tmp_path / "full", tmp_path / "cut"
+    assert run_cli(train.main, _multigrid_argv(full, numbered_set)) == 0
+    real_end = tr.end_of_epoch
+
+    def end_then_crash(trainer, epoch, summary):
+        real_end(trainer, epoch, summary)
+        if epoch == 1:
+            raise KeyboardInterrupt("simulated crash")
+
+    monkeypatch.setattr(tr, "end_of_epoch", end_then_crash)
+    with pytest.raises(KeyboardInterrupt):
+        train.main(_multigrid_argv(cut, numbered_set))
+    monkeypatch.setattr(tr, "end_of_epoch", real_end)
+    assert run_cli(train.main, _multigrid_argv(cut, numbered_set) + ["--resume"]) == 0
+
+    def steps(out):
+        rows = [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
+        return [(r["step"], r["lr"]) for r in rows if r["kind"] == "iter"]
+
+    assert steps(cut) == steps(full)
+    a, b = (torch.load(d / "latest.pt", weights_only=True) for d in (full, cut))
+    assert a["epoch"] == b["epoch"] == 3 and a["iteration"] == b["iteration"] == 8
+    for key, value in a["model"].items():
+        torch.testing.assert_close(b["model"][key], value, rtol=1e-6, atol=1e-7, msg=key)
+
+
+def _multigrid_argv(out, root) -> list[str]:
+    return ["--output-dir", str(out), "--no-progress",
+            "-o", "model.name=slowfast_tiny", "-o", "model.num_classes=3", "-o", "model.args={dropout: 0.0}",
+            "-o", f"data.root={root}", "-o", f"data.train_list={root / 'train.list'}",
+            "-o", "data.backend=pyav", "-o", "data.device=cpu", "-o", "data.num_workers=0",
+            "-o", "data.num_frames=8", "-o", "data.sampling_rate=2", "-o", "data.train_short_side=40",
+            "-o", "data.train_crop=40", "-o", "data.batch_size=1", "-o", "train.optimizer=sgd",
+            "-o", "train.epochs=2", "-o", "train.warmup_epochs=0", "-o", "train.base_lr=0.8",
+            "-o", "train.base_batch=1", "-o", "train.precision=fp32", "-o", "train.log_every=1",
+            "-o", "train.precise_bn_batches=3", "-o", "train.save_every=3",
+            "-o", "train.multigrid.long_cycle=true", "-o", "train.multigrid.short_cycle=true",
+            "-o", "train.multigrid.long_cycle_factors=[[0.5,1.0],[1.0,1.0]]",
+            "-o", "train.multigrid.short_cycle_factors=0.7071"]
 
 
 def test_epoch_cost_weights_the_eta():
