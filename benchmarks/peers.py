@@ -8,7 +8,8 @@ Training clip (T frames of one video, resize, crop, flip, normalise):
 
 - ``decord get_batch`` (MMAction2's ``DecordInit`` + ``DecordDecode``: ``VideoReader.get_batch(indices)``),
   then its transforms in uint8 (MMAction2 resizes and crops uint8 frames with cv2; here torch's uint8
-  bilinear resize, the same filter) and a float normalisation last (its ``data_preprocessor``).
+  bilinear resize, the same filter) and a float normalisation last (its ``data_preprocessor``), in one pass
+  as the project's loader normalises (no float temporaries the project does not make either).
 - ``PyAV as PySlowFast`` (``slowfast/datasets/decoder.py`` ``pyav_decode``): seek to the clip's start
   timestamp (keyframe before it), decode forward to its end, convert every frame of the span to RGB, pick
   the T frames, normalise the whole frames in float, then ``random_short_side_scale_jitter`` (float bilinear,
@@ -17,10 +18,11 @@ Training clip (T frames of one video, resize, crop, flip, normalise):
   (its PyPI wheel needs a CUDA-enabled torch); skipped with the reason otherwise.
 
 Test path (10 x 3 views): ``decord decode once`` (MMAction2's test pipeline: one ``get_batch`` of every clip's
-frames, ``ThreeCrop``, float views).
+frames, ``ThreeCrop``, float views, each normalised straight into the video's batch).
 
 Each peer runs as a torch DataLoader over the planned clips (``batch`` clips per batch) with 1 worker (per
-core) or one per core (all cores); decoders keep the threading their projects give them.
+core) or one per core (all cores); decoders keep the threading their projects give them (``threads``: the
+one-thread sweep of :func:`benchmarks.run._cost_by_start` sets one thread for every decoder).
 """
 from __future__ import annotations
 
@@ -53,11 +55,14 @@ def peer_status() -> dict[str, Optional[str]]:
     return status
 
 
-def _normalise(frames_u8: torch.Tensor, mean, std) -> torch.Tensor:
-    """(T, H, W, 3) uint8 -> (3, T, H, W) float, ``(pixel / 255 - mean) / std``."""
-    m = torch.tensor(mean, dtype=torch.float32) * 255.0
-    s = torch.tensor(std, dtype=torch.float32) * 255.0
-    return ((frames_u8.float() - m) / s).permute(3, 0, 1, 2).contiguous()
+def _normalise(frames_u8: torch.Tensor, mean, std, out: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """(T, H, W, 3) uint8 -> (3, T, H, W) float, ``(pixel / 255 - mean) / std``, in one pass (into ``out``
+    when given), as the project normalises: the peers are not held up by temporaries the project avoids."""
+    scale = (1.0 / (torch.tensor(std, dtype=torch.float32) * 255.0)).view(3, 1, 1, 1)
+    offset = (-torch.tensor(mean, dtype=torch.float32) / torch.tensor(std, dtype=torch.float32)).view(3, 1, 1, 1)
+    if out is None:
+        out = torch.empty((3, *frames_u8.shape[:3]), dtype=torch.float32)
+    return torch.addcmul(offset, frames_u8.permute(3, 0, 1, 2), scale, out=out)
 
 
 def _resize_crop_u8(frames: torch.Tensor, params: SpatialParams, antialias: bool = True) -> torch.Tensor:
@@ -89,23 +94,27 @@ def frames_from_keyframe(keyframes: list[int], clip: np.ndarray) -> int:
     return last - (before[-1] if before else 0) + 1
 
 
-def decord_clip(path: str, clip: np.ndarray, params: SpatialParams, mean, std) -> torch.Tensor:
+def decord_clip(path: str, clip: np.ndarray, params: SpatialParams, mean, std, threads: int = 1) -> torch.Tensor:
+    """MMAction2's ``DecordInit`` (``num_threads=1``, its default) + ``DecordDecode`` and transforms."""
     import decord
 
-    reader = decord.VideoReader(str(path), ctx=decord.cpu(0), num_threads=1)
+    reader = decord.VideoReader(str(path), ctx=decord.cpu(0), num_threads=threads)
     frames = torch.from_numpy(reader.get_batch(np.asarray(clip, dtype=np.int64).tolist()).asnumpy())
     return _normalise(_resize_crop_u8(frames, params), mean, std)
 
 
 def pyslowfast_clip(path: str, clip: np.ndarray, params: SpatialParams, mean, std,
-                    counter: Optional[list] = None) -> torch.Tensor:
-    """PySlowFast's ``pyav_decode`` + ``temporal_sampling`` + ``tensor_normalize`` + ``spatial_sampling``."""
+                    counter: Optional[list] = None, threads: Optional[int] = None) -> torch.Tensor:
+    """PySlowFast's ``pyav_decode`` + ``temporal_sampling`` + ``tensor_normalize`` + ``spatial_sampling``.
+    ``threads``: FFmpeg threads (None: PySlowFast's ``thread_type = "AUTO"`` with FFmpeg's own count)."""
     import av
 
     first, last = int(np.min(clip)), int(np.max(clip))
     with av.open(str(path)) as container:
         stream = container.streams.video[0]
         stream.thread_type = "AUTO"
+        if threads is not None:
+            stream.codec_context.thread_count = threads
         # PySlowFast seeks by timestamp: frame number -> pts at the stream's average rate
         step = 1.0 / (float(stream.average_rate) * float(stream.time_base))
         start_pts, end_pts = int(first * step), int(last * step)
@@ -134,10 +143,10 @@ def pyslowfast_clip(path: str, clip: np.ndarray, params: SpatialParams, mean, st
     return (x.flip(-1) if params.flip else x).contiguous()
 
 
-def torchcodec_clip(path: str, clip: np.ndarray, params: SpatialParams, mean, std) -> torch.Tensor:
+def torchcodec_clip(path: str, clip: np.ndarray, params: SpatialParams, mean, std, threads: int = 1) -> torch.Tensor:
     from torchcodec.decoders import VideoDecoder
 
-    decoder = VideoDecoder(str(path), seek_mode="exact", num_ffmpeg_threads=1, dimension_order="NHWC")
+    decoder = VideoDecoder(str(path), seek_mode="exact", num_ffmpeg_threads=threads, dimension_order="NHWC")
     frames = decoder.get_frames_at(indices=np.asarray(clip, dtype=np.int64).tolist()).data
     return _normalise(_resize_crop_u8(frames, params), mean, std)
 
@@ -162,12 +171,15 @@ def decord_test_views(path: str, plan: ClipPlan, mean, std) -> torch.Tensor:
         frames = F.interpolate(frames.permute(0, 3, 1, 2), size=(params.resize_h, params.resize_w),
                                mode="bilinear", align_corners=False, antialias=True).permute(0, 2, 3, 1)
     positions = inverse.reshape(plan.clips.shape)
-    views = []
+    crop = params.crop  # the crops share one size
+    views = torch.empty((len(positions) * len(plan.crops), 3, positions.shape[1], crop, crop), dtype=torch.float32)
+    v = 0
     for clip_positions in positions:
         clip = frames[torch.as_tensor(clip_positions)]
-        for p in plan.crops:
-            views.append(_normalise(clip[:, p.y: p.y + p.crop, p.x: p.x + p.crop], mean, std))
-    return torch.stack(views)
+        for p in plan.crops:  # each view normalised straight into the batch (no stacked copy)
+            _normalise(clip[:, p.y: p.y + p.crop, p.x: p.x + p.crop], mean, std, out=views[v])
+            v += 1
+    return views
 
 
 # ---------------------------------------------------------------------------------------------- loaders
@@ -200,9 +212,36 @@ class PeerLoader:
         loader = torch.utils.data.DataLoader(self.dataset, batch_size=self.batch, shuffle=False,
                                              num_workers=self.workers, collate_fn=_cat,
                                              prefetch_factor=2 if self.workers else None)
-        yield from loader
+        iterator = iter(loader)
+        try:
+            yield from iterator
+        finally:
+            _stop_workers(iterator)
+
+
+def _stop_workers(iterator) -> None:
+    """Stop an abandoned DataLoader iterator's workers at once, instead of waiting for the batches they are
+    still making (a benchmark window abandons its trailing batches; nothing they make is used, and waiting
+    cost the smoke suite about 10 s). Only wall time outside the timed windows changes; an iterator that
+    ran to its end, or one of another kind, is left to its own shutdown."""
+    workers = getattr(iterator, "_workers", None)
+    if not workers or getattr(iterator, "_shutdown", True):
+        return
+    try:
+        from torch.utils.data._utils import signal_handling
+
+        if getattr(iterator, "_worker_pids_set", False):  # their exit is expected: no "worker killed" error
+            signal_handling._remove_worker_pids(id(iterator))
+            iterator._worker_pids_set = False
+        for worker in workers:
+            if worker.is_alive():
+                worker.terminate()
+    finally:
+        iterator._shutdown_workers()
 
 
 def _cat(items: list[torch.Tensor]) -> torch.Tensor:
+    if len(items) == 1 and items[0].ndim == 5:  # a test video's views: already the batch, no second copy
+        return items[0]
     return torch.cat([t if t.ndim == 5 else t[None] for t in items])
 

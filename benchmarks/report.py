@@ -77,7 +77,10 @@ class Results:
             f"{env.get('cpu_cores')} CPU cores.",
             "",
             "Medians over repeated windows (warm-up excluded); spread = min-max over the windows; ratio = median / the "
-            "group's baseline median.",
+            "group's baseline median."
+            + (" Contenders compared with peers run their windows interleaved, in rounds; other_load = cores' worth "
+               "of CPU that other processes took while the group ran (a figure beside other work is suspect)."
+               if any("other_load" in r.extra for r in self.rows) else ""),
             "",
             "| stage | group | variant | median | spread | unit | ratio | notes |",
             "| --- | --- | --- | ---: | --- | --- | ---: | --- |",

@@ -26,9 +26,13 @@ scratch folder (``$TMPDIR/slowfast-benchmarks``) unless ``--save`` (``benchmarks
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime
 import functools
+import gc
 import logging
+import os
+import resource
 import sys
 import tempfile
 import time
@@ -67,7 +71,6 @@ class KineticsSets:
     seconds: float = 4.0
     gops: tuple[int, ...] = (16, 250)
     videos: int = 2
-    repeat: int = 6                 # each video listed this often (different planned clips), so an epoch is long
     frames: int = 32
     stride: int = 2
     short_side: tuple[int, int] = (256, 320)
@@ -77,12 +80,18 @@ class KineticsSets:
     num_clips: int = 10
     num_crops: int = 3
     batch: int = 2
-    rounds: int = 2
-    iters: int = 2
-    test_rounds: int = 2
+    # windows (benchmarks.run._window): each contender's epoch is one window, one warm-up batch per worker, then
+    # `iters` timed batches rounded up to a whole round over the workers (1: one timed batch per worker);
+    # `rounds` windows per contender, interleaved, the median reported
+    rounds: int = 3
+    iters: int = 1
+    test_rounds: int = 3
+    test_iters: int = 1             # timed videos per test window (likewise)
     test_workers: tuple[str, ...] = ("all",)   # the test path with all cores only (the smoke run's time budget)
+    test_gops: tuple[int, ...] = (16, 250)     # which of ``gops`` the test path runs on
     starts: int = 3                 # clip start positions of the cost-by-start sweep
-    start_rounds: int = 2           # after one warm-up round
+    start_rounds: int = 2           # after one untimed call per contender
+    start_gops: tuple[int, ...] = (16, 250)    # which of ``gops`` the sweep runs on
 
     def name(self, gop: int) -> str:
         return f"k400-{self.width}x{self.height}-vp9-{self.seconds:g}s-gop{gop}"
@@ -116,6 +125,9 @@ class Suite:
     largest_batch: bool = True
     num_classes: int = 400
     e2e_set: Optional[str] = None  # dataset of stages 3-4 (default: the last loader set)
+    # (model, batch): a CPU training-step pair (fp32 NCDHW vs channels-last) on any device, for the per-device
+    # memory-format decision (R50 4x16 at batch 1: ~4 s a step on 2 cores, so not in the smoke suite)
+    cpu_models: tuple[tuple[str, int], ...] = ()
     kinetics: Optional["KineticsSets"] = None  # Kinetics-geometry VP9 sets: CPU loaders vs peers
     stages: tuple[str, ...] = STAGES
 
@@ -157,20 +169,24 @@ SUITES = {
         },
         loader_sets=("k400-340x256-gop250", "k400-340x256-gop16", "k400-456x256-gop16", "k400-340x256-gop16-5s"),
         scaling_batches=(8, 16, 32), repeats=5, iters=10, e2e_set="k400-340x256-gop16",
+        cpu_models=(("slowfast_r50_4x16", 1),),
     ),
     "smoke": Suite(
         name="smoke", model="slowfast_tiny", models=("slowfast_tiny",),
         frames=8, sampling_rate=4, crop=48, short_side=(48, 56), test_short_side=48, test_crop=48, batch=2,
         # VP9, which both DALI's CPU decoder and NVDEC read, at NVDEC's VP9 minimum of 128x128 and above (the
         # earlier 96x64 and 128x96 sets failed on a GPU host: "Video is too small in at least one dimension")
-        videos={"tiny-128x128-vp9": _tiny(128, 128), "tiny-160x128-vp9": _tiny(160, 128)},
-        loader_sets=("tiny-128x128-vp9", "tiny-160x128-vp9"),
-        scaling_batches=(2, 4), warmup=1, repeats=3, iters=2, num_clips=2, num_crops=3, eval_videos=4,
+        # one tiny set and batch: the stages run end to end (the scaling over sizes and batches is the full
+        # suite's; a second tiny size and batch 4 added 4 s and no comparison the Kinetics groups lack)
+        videos={"tiny-160x128-vp9": _tiny(160, 128)},
+        loader_sets=("tiny-160x128-vp9",),
+        scaling_batches=(2,), warmup=1, repeats=3, iters=2, num_clips=2, num_crops=3, eval_videos=4,
         compile=False, largest_batch=False, num_classes=8,
         # real Kinetics geometry on the CPU: the project's CPU loaders against the peers (benchmarks/peers.py);
-        # 3 s videos keep the smoke run to a few minutes on 2 cores. NOTE: keep >= 2 batches per window: with
-        # DataLoader workers the first batch of a window is often prefetched already (1 batch measured 67 clips/s)
-        kinetics=KineticsSets(seconds=3.0),
+        # 3 s videos keep the smoke run to a few minutes on 2 cores. The test path on GOP 16 only: decoding
+        # once for 10 clips over a 3 s video decodes every frame from frame 0 whatever the GOP; the sweep of
+        # clip starts on GOP 16 only: with one keyframe (GOP 250) every decoder starts at frame 0 anyway.
+        kinetics=KineticsSets(seconds=3.0, test_gops=(16,), start_gops=(16,), test_rounds=2),
     ),
     # make gpu-check: a few minutes on one GPU with the real geometry (340x256 H.264, GOP 16 and 250, R50 4x16
     # at 224, bf16 channels-last vs the PyAV + fp32 baseline); small dataset, short windows, no compile
@@ -182,6 +198,76 @@ SUITES = {
         iters=5, compile=False, largest_batch=False, e2e_set="k400-340x256-gop16", stages=("loader", "model", "e2e"),
     ),
 }
+
+
+_FORK_GUARD: list[bool] = []
+
+
+def _guard_forks() -> None:
+    """Keep DataLoader workers from finalizing this process's objects: freeze the garbage collector's view
+    at each fork, so a child never collects what it inherited.
+
+    NOTE: measured here: a DALI loader's abandoned iterator, left as cyclic garbage in this process, was
+    collected inside a later forked DataLoader worker; its pipeline's ``Shutdown`` then joined DALI threads
+    that do not exist in the child, and the worker hung for good (the suite stopped in the GOP 250 groups),
+    or at exit, where the DataLoader waits 5 s per worker before terminating it (20 s of a tiny group's 22 s).
+    Python's own advice for fork without exec is ``gc.freeze()`` before the fork."""
+    if not _FORK_GUARD and hasattr(os, "register_at_fork"):
+        os.register_at_fork(before=gc.freeze, after_in_parent=gc.unfreeze)
+        _FORK_GUARD.append(True)
+
+
+def _close(iterator) -> None:
+    """End an iterator here and now, in this process, outside any timed window: a generator runs its
+    ``finally`` (a DALI loader keeps or drops its pipeline), DataLoader workers stop. (No ``gc.collect()``:
+    0.2 s a window here, and :func:`_guard_forks` already keeps garbage out of the workers.)"""
+    close = getattr(iterator, "close", None)
+    if close is not None:
+        close()
+
+
+def _cpu_seconds() -> float:
+    """CPU seconds of this process and its finished children (DataLoader workers): a cost that other work on
+    a shared machine inflates far less than the wall clock."""
+    own, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime
+
+
+def _machine_cpu() -> Optional[tuple[float, float]]:
+    """``(busy, stolen)`` CPU seconds of the whole machine since boot (``/proc/stat``: busy = user, nice,
+    system, irq, softirq; stolen = the hypervisor's steal); None where there is no ``/proc/stat``."""
+    try:
+        with open("/proc/stat") as f:
+            fields = f.readline().split()
+        ticks = float(os.sysconf("SC_CLK_TCK"))
+        user, nice, system, _idle, _iowait, irq, softirq, steal = (int(x) for x in fields[1:9])
+    except (OSError, ValueError, IndexError):
+        return None
+    return (user + nice + system + irq + softirq) / ticks, steal / ticks
+
+
+class _Took:
+    """What :func:`_took` measured: ``other_load``, the cores' worth of CPU that other processes and the
+    hypervisor (steal) took meanwhile (None where the machine does not tell)."""
+
+    other_load: Optional[float] = None
+
+
+@contextlib.contextmanager
+def _took(what: str):
+    """Log how long a part of the run took (wall and CPU seconds) and how busy the rest of the machine was, so
+    the suite's time budget can be read off and a figure taken beside other work is recognised."""
+    took = _Took()
+    wall, cpu, machine = time.perf_counter(), _cpu_seconds(), _machine_cpu()
+    try:
+        yield took
+    finally:
+        seconds, used, after = time.perf_counter() - wall, _cpu_seconds() - cpu, _machine_cpu()
+        others = ""
+        if machine and after and seconds > 0.5:
+            took.other_load = max(0.0, after[0] - machine[0] - used + after[1] - machine[1]) / seconds
+            others = f"; other processes {took.other_load:.2f} cores"
+        log.info("%s took %.1f s (%.1f CPU s%s)", what, seconds, used, others)
 
 
 def _device() -> torch.device:
@@ -224,7 +310,8 @@ def dry_run(suite: Suite) -> str:
     lines += ["", "loader variants: " + "; ".join(plan(suite)[0]["loaders"]) if suite.videos else "",
               "model variants: fp32 NCDHW eager (baseline), bf16 channels-last (CPU: fp32 channels-last)"
               + (", + compile" if suite.compile else "") + f", batches {list(suite.scaling_batches)}"
-              + (" + the largest that fits" if suite.largest_batch else "")]
+              + (" + the largest that fits" if suite.largest_batch else "")
+              + "".join(f"; on the CPU: {m} b{b} fp32 NCDHW vs fp32 channels-last" for m, b in suite.cpu_models)]
     return "\n".join(lines) + "\n"
 
 
@@ -248,7 +335,8 @@ def prepare_data(suite: Suite, data_dir: Path, results: Optional[Results] = None
             continue
         log.info("data: %s", name)
         try:
-            generate_dataset(root, codec=codec, seed=0, workers=available_cores(), progress=False, **spec)
+            with _took(f"data {name}"):
+                generate_dataset(root, codec=codec, seed=0, workers=available_cores(), progress=False, **spec)
         except Exception as err:  # noqa: BLE001 - one bad dataset is reported, the others still run
             log.error("data %s failed: %s\n%s", name, err, traceback.format_exc())
             if results is not None:
@@ -433,8 +521,6 @@ def _measure_loader(suite: Suite, loader, device: torch.device) -> Measurement:
 
 
 def stage_loader(suite: Suite, roots: dict[str, Path], results: Results) -> None:
-    from pipelines import build_loader
-
     alpha = _alpha(suite.model)
     device = _device()
     for name in suite.loader_sets:
@@ -445,34 +531,43 @@ def stage_loader(suite: Suite, roots: dict[str, Path], results: Results) -> None
         batches = [suite.batch] if name != suite.loader_sets[0] else list(suite.scaling_batches)
         for batch in batches:
             group = f"{name} b{batch}"
-            for i, (label, backend, placement) in enumerate(LOADER_VARIANTS + (("", "readers", "gpu"),)):
-                label = label or READERS_VIDEO_LABEL
-                reason = _codec_ok("dali" if backend == "readers" else backend, placement, video)
-                if reason:
-                    results.skip("1 loader", group, label, reason, "clips/s")
-                    continue
-                try:
-                    before = _memory_outside_torch(device) if placement == "gpu" else None
-                    if backend == "readers":
-                        loader = ReadersVideoLoader(suite, roots[name], batch)
-                    else:
-                        loader = build_loader(loader_config(suite, roots[name], backend, placement, batch=batch),
-                                              "train", alpha=alpha)
-                    m = _measure_loader(suite, loader, device)
-                except Exception as err:  # noqa: BLE001 - one failing variant is reported, the others run
-                    log.error("loader %s %s failed: %s\n%s", group, label, err, traceback.format_exc())
-                    results.skip("1 loader", group, label, f"failed: {type(err).__name__}: {err}", "clips/s")
-                    continue
-                if before is not None:
-                    after = _memory_outside_torch(device)
-                    m.extra["dali_gpu_mem_mb"] = round(max(after - before, 0) / 2**20)
-                    own = _dali_pipeline_memory(loader)
-                    if own is not None:
-                        m.extra["dali_reported_mem_mb"] = round(own / 2**20)
-                del loader
-                if before is not None:
-                    _release_dali_memory()  # so the next variant's figure starts from an empty DALI pool
-                results.add("1 loader", group, label, m, baseline=(i == 0))
+            with _took(f"loader {group}"):
+                _loader_group(suite, roots[name], video, group, batch, alpha, device, results)
+
+
+def _loader_group(suite: Suite, root: Path, video: dict, group: str, batch: int, alpha: int,
+                  device: torch.device, results: Results) -> None:
+    """Stage 1 on one dataset and batch: every loader variant (PyAV, DALI CPU, DALI GPU, fn.readers.video)."""
+    from pipelines import build_loader
+
+    for i, (label, backend, placement) in enumerate(LOADER_VARIANTS + (("", "readers", "gpu"),)):
+        label = label or READERS_VIDEO_LABEL
+        reason = _codec_ok("dali" if backend == "readers" else backend, placement, video)
+        if reason:
+            results.skip("1 loader", group, label, reason, "clips/s")
+            continue
+        try:
+            before = _memory_outside_torch(device) if placement == "gpu" else None
+            if backend == "readers":
+                loader = ReadersVideoLoader(suite, root, batch)
+            else:
+                loader = build_loader(loader_config(suite, root, backend, placement, batch=batch),
+                                      "train", alpha=alpha)
+            m = _measure_loader(suite, loader, device)
+        except Exception as err:  # noqa: BLE001 - one failing variant is reported, the others run
+            log.error("loader %s %s failed: %s\n%s", group, label, err, traceback.format_exc())
+            results.skip("1 loader", group, label, f"failed: {type(err).__name__}: {err}", "clips/s")
+            continue
+        if before is not None:
+            after = _memory_outside_torch(device)
+            m.extra["dali_gpu_mem_mb"] = round(max(after - before, 0) / 2**20)
+            own = _dali_pipeline_memory(loader)
+            if own is not None:
+                m.extra["dali_reported_mem_mb"] = round(own / 2**20)
+        del loader
+        if before is not None:
+            _release_dali_memory()  # so the next variant's figure starts from an empty DALI pool
+        results.add("1 loader", group, label, m, baseline=(i == 0))
 
 
 def stage_model(suite: Suite, results: Results) -> dict:
@@ -495,25 +590,49 @@ def stage_model(suite: Suite, results: Results) -> dict:
             group = f"{model_name} b{batch}"
             for variant in variants:
                 try:
-                    m = measure_step(model_name, variant, batch, device, frames=suite.frames, size=suite.crop,
-                                     warmup=suite.warmup, repeats=suite.repeats, iters=suite.iters,
-                                     model_args=suite.model_args)
+                    with _took(f"model {group} {variant.name}"):
+                        m = measure_step(model_name, variant, batch, device, frames=suite.frames, size=suite.crop,
+                                         warmup=suite.warmup, repeats=suite.repeats, iters=suite.iters,
+                                         model_args=suite.model_args)
                 except torch.cuda.OutOfMemoryError:
                     results.skip("2 model", group, variant.name, "out of memory", "clips/s")
                     continue
                 row = results.add("2 model", group, variant.name, m, baseline=(variant is BASELINE))
                 if variant is ours and device.type == "cpu" and row.ratio:
-                    # the memory format is chosen per device by this measurement: channels-last on CUDA (cuDNN's
-                    # NDHWC kernels), NCDHW on the CPU where channels-last 3D measured slower in fp32
-                    row.extra["memory_format"] = ("cpu: channels-last is " + f"{row.ratio:.2f}x NCDHW here -> "
-                                                  + ("NCDHW" if row.ratio < 1 else "channels-last") + " for cpu; "
-                                                  "cuda: channels-last")
+                    row.extra["memory_format"] = _memory_format_note(row.ratio)
                 if batch == suite.batch and variant is not BASELINE:
                     bounds[model_name] = max(bounds.get(model_name, 0.0), m.median)
         if not suite.compile:
             results.skip("2 model", f"{model_name} b{suite.batch}", ours_compiled.name,
                          "compile left out of this suite (compilation dominates a short CPU run)", "clips/s")
+    _cpu_model_rows(suite, results)
     return bounds
+
+
+def _memory_format_note(ratio: float) -> str:
+    """The memory format is chosen per device by the model stage's measurement: channels-last on CUDA (cuDNN's
+    NDHWC kernels); on the CPU whichever measures faster in fp32 (channels-last 3D was reported 8-15% slower
+    for R50 there, which ``Suite.cpu_models`` measures)."""
+    return (f"cpu: channels-last is {ratio:.2f}x NCDHW here -> " + ("NCDHW" if ratio < 1 else "channels-last")
+            + " for cpu; cuda: channels-last")
+
+
+def _cpu_model_rows(suite: Suite, results: Results) -> None:
+    """``suite.cpu_models``: fp32 NCDHW vs fp32 channels-last training steps on the CPU, whatever the suite's
+    device, so the per-device memory-format decision is measured for these models too (one step per window)."""
+    from benchmarks.model_step import BASELINE, measure_step, our_variants
+
+    cpu = torch.device("cpu")
+    ours = our_variants(cpu)[0]
+    for model_name, batch in suite.cpu_models:
+        group = f"{model_name} b{batch} cpu"
+        for variant in (BASELINE, ours):
+            with _took(f"model {group} {variant.name}"):
+                m = measure_step(model_name, variant, batch, cpu, frames=suite.frames, size=suite.crop, warmup=1,
+                                 repeats=3, iters=1, model_args=suite.model_args)
+            row = results.add("2 model", group, variant.name, m, baseline=(variant is BASELINE))
+            if variant is ours and row.ratio:
+                row.extra["memory_format"] = _memory_format_note(row.ratio)
 
 
 class _TimedLoader:
@@ -574,8 +693,10 @@ def stage_e2e(suite: Suite, roots: dict[str, Path], results: Results, bounds: di
         def reset_wait(loader=loader):
             loader.wait = 0.0
 
-        m = measure_iterable(lambda: loader, _clips, warmup=suite.warmup, repeats=suite.repeats, iters=suite.iters,
-                             unit="clips/s", device=device, on_batch=consume, after_warmup=reset_wait)
+        with _took(f"e2e {group} {label}"):
+            m = measure_iterable(lambda: loader, _clips, warmup=suite.warmup, repeats=suite.repeats,
+                                 iters=suite.iters, unit="clips/s", device=device, on_batch=consume,
+                                 after_warmup=reset_wait)
         timed = sum(m.seconds)
         m.extra["data_wait_share"] = round(min(loader.wait / timed, 1.0), 3) if timed else None
         bound = bounds.get(suite.model)
@@ -616,9 +737,10 @@ def stage_multicrop(suite: Suite, roots: dict[str, Path], results: Results) -> N
             with torch.inference_mode(), precision.autocast():
                 model(to_model_inputs(batch[0], device, bool(model_cfg.model.channels_last), precision))
 
-        m = measure_iterable(lambda: loader, lambda b: float(b[1].shape[0]), warmup=1, repeats=suite.repeats,
-                             iters=max(2, suite.eval_videos // suite.repeats), unit="videos/s", device=device,
-                             on_batch=forward)
+        with _took(f"multicrop {group} {label}"):
+            m = measure_iterable(lambda: loader, lambda b: float(b[1].shape[0]), warmup=1, repeats=suite.repeats,
+                                 iters=max(2, suite.eval_videos // suite.repeats), unit="videos/s", device=device,
+                                 on_batch=forward)
         results.add("4 multicrop", group, label, m, baseline=(i == 0))
 
 
@@ -664,35 +786,79 @@ def _kinetics_config(sets: KineticsSets, root: Path, backend: str, workers: int)
         "model.channels_last=true", "data.seed=0"])
 
 
-def _window(make_iter, items_of, iters: int) -> float:
-    """One timed window: a fresh iterator, one warm-up batch (worker start, pipeline build), ``iters`` batches."""
+def window_batches(workers: int, measured: int) -> tuple[int, int, int]:
+    """``(warm-up, timed, trailing)`` batches of one window with ``workers`` DataLoader workers (0: this
+    process), see :func:`_window`: one warm-up and one trailing batch per worker (none trailing for one
+    worker), and whole rounds over the workers timed, at least ``measured`` batches."""
+    lanes = max(int(workers), 1)
+    return lanes, lanes * -(-max(int(measured), 1) // lanes), lanes if lanes > 1 else 0
+
+
+def _window(make_iter, items_of, warmup: int, iters: int, trailing: int = 0) -> tuple[float, float]:
+    """One timed window: a fresh iterator over an epoch of ``warmup + iters + trailing`` batches; returns
+    ``(items/s, seconds)`` of the ``iters`` timed batches.
+
+    - warm-up: one batch per worker (``warmup`` = the workers): each worker's first batch carries its start
+      (fork, imports, decoder set-up, first allocations) and is not timed;
+    - timed: whole rounds over the workers; the clock runs from the mean arrival time of the warm-up round to
+      the mean arrival time of the last timed round, i.e. each worker's own time for its timed batches,
+      averaged. (Timing from the last warm-up batch instead counted work done before the clock started: the
+      workers do not start together, each goes on with its next batch as soon as its warm-up batch is made,
+      and batches are delivered in order. Measured, 2 workers, one timed round: 6.6-10.2 clips/s for the
+      project's loader, whose rate over 24-batch epochs was 6.3-6.8.)
+    - trailing (with several workers): one more round, abandoned once the timed batches are in (workers
+      finish the batch they are making, a peer's are stopped at once): it keeps every worker busy until the
+      last timed batch is delivered, as in a long run. Without it the last round runs with the cores to
+      itself and reads fast: the last round of 24-batch epochs read 6.8-7.3 clips/s (project) and 6.4-8.8
+      (decord) against 6.3-6.8 and 6.1-6.2 over the epochs.
+
+    The contenders are given epochs of exactly this many batches, so every contender times the same clips.
+    """
+    lanes = warmup
+    arrivals, items = [], 0.0
+    opened = time.perf_counter()
     iterator = iter(make_iter())
-    next(iterator)
-    start = time.perf_counter()
-    items = 0.0
-    for _ in range(iters):
-        items += items_of(next(iterator))
-    elapsed = time.perf_counter() - start
-    del iterator
-    return items / elapsed
+    for i in range(warmup + iters):
+        batch = next(iterator)
+        arrivals.append(time.perf_counter())
+        if i >= warmup:
+            items += items_of(batch)
+        del batch
+    if not trailing:
+        for _ in iterator:  # normally nothing is left: the epoch ends here (a DALI loader keeps its pipeline)
+            pass
+    _close(iterator)
+    elapsed = float(np.mean(arrivals[-lanes:]) - np.mean(arrivals[:lanes]))
+    log.debug("window: warm-up %.2f s, timed %.2f s (arrivals %s), close %.2f s", arrivals[lanes - 1] - opened,
+              elapsed, ", ".join(f"{t - opened:.2f}" for t in arrivals), time.perf_counter() - arrivals[-1])
+    return items / elapsed, elapsed
 
 
-def _rounds(contenders: dict, rounds: int, iters: int, items_of, unit: str) -> dict[str, Measurement]:
-    """Interleave the contenders' windows in rounds (contention from other work hits all alike)."""
-    values: dict[str, list[float]] = {name: [] for name in contenders}
+def _rounds(contenders: dict, rounds: int, batches: tuple[int, int, int], items_of,
+            unit: str) -> dict[str, Measurement]:
+    """Every contender's windows, interleaved in rounds (contention from other work hits all alike), the order
+    rotated each round (no contender always follows the same one or always opens a round)."""
+    names = list(contenders)
+    values: dict[str, list[float]] = {name: [] for name in names}
+    seconds: dict[str, list[float]] = {name: [] for name in names}
     failed: dict[str, str] = {}
-    for _ in range(rounds):
-        for name, make_iter in contenders.items():
+    for r in range(rounds):
+        for name in names[r % len(names):] + names[:r % len(names)]:
             if name in failed:
                 continue
             try:
-                values[name].append(_window(make_iter, items_of, iters))
+                rate, elapsed = _window(contenders[name], items_of, *batches)
             except Exception as err:  # noqa: BLE001 - one failing contender is reported, the others run
                 log.error("contender %s failed: %s\n%s", name, err, traceback.format_exc())
                 failed[name] = f"failed: {type(err).__name__}: {err}"
+                continue
+            values[name].append(rate)
+            seconds[name].append(elapsed)
+            log.debug("%s: %.3g %s (%.2f s)", name, rate, unit, elapsed)
     out = {}
-    for name, vals in values.items():
-        out[name] = failed.get(name) or Measurement(unit=unit, values=vals, items_per_window=float(iters))
+    for name in names:
+        out[name] = failed.get(name) or Measurement(unit=unit, values=values[name],
+                                                    items_per_window=float(batches[1]), seconds=seconds[name])
     return out
 
 
@@ -712,21 +878,32 @@ def stage_kinetics_loaders(sets: KineticsSets, data_dir: Path, results: Results,
     prepared = {}
     for gop in sets.gops:  # every video first: see benchmarks.peers.peer_status on decord and PyAV's encoder
         try:
-            prepared[gop] = prepare_kinetics(sets, data_dir, gop)
+            with _took(f"data {sets.name(gop)}"):
+                prepared[gop] = prepare_kinetics(sets, data_dir, gop)
         except Exception as err:  # noqa: BLE001
             results.skip("1 loader", sets.name(gop), "all", f"dataset failed: {type(err).__name__}: {err}",
                          "clips/s")
     for gop, (root, records) in prepared.items():
         name = sets.name(gop)
-        listed = [r for _ in range(sets.repeat) for r in records]
         dali_reason = _codec_ok("dali", "cpu", {"codec": "vp9", "width": sets.width, "height": sets.height,
                                                 **WRITTEN_FORMAT["vp9"]})
         keyframes = {r.path: keyframe_numbers(str(root / r.path)) for r in records}
-        planner = build_loader(_kinetics_config(sets, root, "pyav", 0), "train", alpha=8, records=listed)
-        plans = [p for batch in planner.epoch_batches() for p in batch]
-        items = [(str(root / planner.records[p.record_index].path), p) for p in plans]
+        planner = build_loader(_kinetics_config(sets, root, "pyav", 0), "train", alpha=8, records=records)
         s = planner.settings
         mean, std = s.mean, s.std
+
+        def window_epoch(workers: int, split: str):
+            """The records of one window's epoch (the videos in turn), its warm-up and its timed batches, and
+            the planned batches every contender is given (the project's plans: same clips, sizes, crops)."""
+            window = window_batches(workers, sets.iters if split == "train" else sets.test_iters)
+            per_batch = sets.batch if split == "train" else 1
+            listed = [records[i % len(records)] for i in range(sum(window) * per_batch)]
+            epoch = build_loader(_kinetics_config(sets, root, "pyav", 0), split, alpha=8, records=listed)
+            batches = epoch.epoch_batches()
+            if len(batches) != sum(window):
+                raise RuntimeError(f"{name} {split}: an epoch of {len(listed)} videos planned {len(batches)} "
+                                   f"batches, not {sum(window)}")
+            return listed, window, [[(epoch.records[p.record_index].path, p) for p in b] for b in batches]
 
         def peer_work(fn):
             return lambda path, plan: fn(path, plan.clips[0], plan.crops[0], mean, std)
@@ -734,6 +911,8 @@ def stage_kinetics_loaders(sets: KineticsSets, data_dir: Path, results: Results,
         # ---- training clips: clips/s per core and with all cores
         for workers in (sorted({1, cores}) if "train" in parts else ()):
             group = f"{name} train b{sets.batch} {workers} worker{'s' if workers > 1 else ''}"
+            listed, window, batches = window_epoch(workers, "train")
+            items = [(str(root / path), p) for batch in batches for path, p in batch]
             contenders, skipped = {}, {}
             for label, backend in ((PROJECT_PYAV, "pyav"), (PROJECT_DALI, "dali")):
                 if backend == "dali" and dali_reason:
@@ -746,25 +925,27 @@ def stage_kinetics_loaders(sets: KineticsSets, data_dir: Path, results: Results,
                     skipped[label] = status[module]
                     continue
                 contenders[label] = (lambda fn=fn, w=workers: PeerLoader(items, peer_work(fn), sets.batch, w))
-            figures = _rounds(contenders, sets.rounds, sets.iters, lambda b: float(sets.batch), "clips/s")
-            _report_against_peers(results, "1 loader", group, figures, skipped)
-            for label in (PROJECT_PYAV, PROJECT_DALI, *TRAIN_PEERS):
-                row = next((r for r in results.rows if r.group == group and r.variant == label and r.median), None)
-                if row is None:
-                    continue
-                decoded = [frames_from_keyframe(keyframes[planner.records[p.record_index].path], p.clips[0])
-                           for p in plans]
-                if label == "PyAV as PySlowFast":
-                    row.extra["decoded_frames_per_clip"] = "seek to the span's timestamp - 1024 pts, then forward"
-                else:
-                    row.extra["decoded_frames_per_clip"] = round(float(np.mean(decoded)), 1)
+            with _took(group) as took:
+                figures = _rounds(contenders, sets.rounds, window, lambda b: float(sets.batch), "clips/s")
+            _report_against_peers(results, "1 loader", group, figures, skipped, took.other_load)
+            # frames a keyframe-seeking decoder decodes for the timed clips
+            decoded = [frames_from_keyframe(keyframes[path], p.clips[0])
+                       for batch in batches[window[0]:window[0] + window[1]] for path, p in batch]
+            for row in results.rows:
+                if row.group == group and row.median:
+                    row.extra["decoded_frames_per_clip"] = (
+                        "seek to the span's timestamp - 1024 pts, then forward" if row.variant == "PyAV as PySlowFast"
+                        else round(float(np.mean(decoded)), 1))
         # ---- cost by clip start (one thread, this process): from-frame-0 decoding shows as a rising cost
-        if "train" in parts:
-            _cost_by_start(sets, root, records, planner, keyframes, status, results, name, mean, std)
+        if "train" in parts and gop in sets.start_gops:
+            with _took(f"{name} cost by start"):
+                _cost_by_start(sets, root, records, planner, keyframes, status, results, name, mean, std)
         # ---- test path: 10x3 views per video, decode once
         test_workers = sorted({1 if w == "1" else cores for w in sets.test_workers})
-        for workers in (test_workers if "test" in parts else ()):
+        for workers in (test_workers if "test" in parts and gop in sets.test_gops else ()):
             group = f"{name} test {sets.num_clips}x{sets.num_crops} views {workers} worker{'s' if workers > 1 else ''}"
+            listed, window, batches = window_epoch(workers, "test")
+            test_items = [(str(root / path), p) for batch in batches for path, p in batch]
             contenders, skipped = {}, {}
             for label, backend in ((PROJECT_PYAV, "pyav"), (PROJECT_DALI, "dali")):
                 if backend == "dali" and dali_reason:
@@ -773,21 +954,21 @@ def stage_kinetics_loaders(sets: KineticsSets, data_dir: Path, results: Results,
                 loader = build_loader(_kinetics_config(sets, root, backend, workers), "test", alpha=8,
                                       records=listed)
                 contenders[label + " (decode once)"] = (lambda loader=loader: loader)
-            test_planner = build_loader(_kinetics_config(sets, root, "pyav", 0), "test", alpha=8, records=listed)
-            test_items = [(str(root / test_planner.records[p.record_index].path), p)
-                          for batch in test_planner.epoch_batches() for p in batch]
             if status.get("decord"):
                 skipped["decord decode once (MMAction2)"] = status["decord"]
             else:
                 contenders["decord decode once (MMAction2)"] = (
                     lambda w=workers: PeerLoader(test_items, lambda path, plan: decord_test_views(path, plan, mean, std),
                                                  1, w))
-            figures = _rounds(contenders, sets.test_rounds, 1, lambda b: 1.0, "videos/s")
-            _report_against_peers(results, "4 multicrop", group, figures, skipped)
+            with _took(group) as took:
+                figures = _rounds(contenders, sets.test_rounds, window, lambda b: 1.0, "videos/s")
+            _report_against_peers(results, "4 multicrop", group, figures, skipped, took.other_load)
 
 
-def _report_against_peers(results: Results, stage: str, group: str, figures: dict, skipped: dict) -> None:
-    """Rows of one group; the project's rows carry their ratio against the best peer (``vs_best_peer``)."""
+def _report_against_peers(results: Results, stage: str, group: str, figures: dict, skipped: dict,
+                          other_load: Optional[float] = None) -> None:
+    """Rows of one group; the project's rows carry their ratio against the best peer (``vs_best_peer``) and
+    the CPU other processes took meanwhile (``other_load``, cores)."""
     peers = {k: v for k, v in figures.items() if not k.startswith("this project") and isinstance(v, Measurement)}
     best = max(peers.items(), key=lambda kv: kv[1].median, default=None)
     for label, figure in figures.items():
@@ -797,13 +978,18 @@ def _report_against_peers(results: Results, stage: str, group: str, figures: dic
         extra = {}
         if label.startswith("this project") and best:
             extra = {"vs_best_peer": round(figure.median / best[1].median, 2), "best_peer": best[0]}
+            if other_load is not None:
+                extra["other_load"] = round(other_load, 2)
         results.add(stage, group, label, figure, baseline=bool(best) and label == best[0], **extra)
     for label, reason in skipped.items():
         results.skip(stage, group, label, reason, "clips/s" if stage.startswith("1") else "videos/s")
 
 
 def _cost_by_start(sets, root, records, planner, keyframes, status, results, name, mean, std) -> None:
-    """ms per clip at a few start frames, one thread, each contender on the same clip geometry."""
+    """ms per clip at a few start frames, one thread each (torch, FFmpeg, DALI, decord), in this process, each
+    contender on the same clip geometry; one untimed call per contender first, then rounds over the starts,
+    the contenders' order rotated each round."""
+    import pipelines.pyav_loader as pyav_module
     from benchmarks.peers import TRAIN_PEERS, frames_from_keyframe
     from pipelines.base import ClipPlan
     from pipelines.clip_segment import Segment
@@ -834,36 +1020,47 @@ def _cost_by_start(sets, root, records, planner, keyframes, status, results, nam
             sample = _Sample(ClipPlan(0, 0, 0, 0, clip[None], [params]), encoded)
             sample.segments = ([Segment(encoded, clip.astype(np.int32), 0, -1)] if whole
                                else dali._segments(sample))
-            inputs = dali._dali_inputs([sample])
-            pipe = dali._new_pipeline(lambda: inputs, 1)
+            inputs = [dali._dali_inputs([sample])]
+
+            def once():  # one batch, then the end: DALI's prefetch decodes no second clip beside the timed one
+                if not inputs:
+                    raise StopIteration
+                return inputs.pop()
+
+            pipe = dali._new_pipeline(once, 1)
             start = time.perf_counter()
             pipe.run()
             return time.perf_counter() - start
 
         contenders[PROJECT_DALI] = dali_clip
-        contenders["DALI CPU given the whole file (before the segment fix)"] = lambda c: dali_clip(c, whole=True)
+        if any(k > 0 for k in keyframes[record.path]):  # else the segment is the whole file: the same row twice
+            contenders["DALI CPU given the whole file (before the segment fix)"] = lambda c: dali_clip(c, whole=True)
     for label, (module, fn) in TRAIN_PEERS.items():
         if module and status.get(module):
             continue
-        contenders[label] = lambda clip, fn=fn: fn(path, clip, params, mean, std)
+        contenders[label] = lambda clip, fn=fn: fn(path, clip, params, mean, std, threads=1)
+    names = list(contenders)
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
+    pyav_module.DECODER_THREADS = 1
     try:
-        costs: dict[str, dict[int, list[float]]] = {k: {s: [] for s in starts} for k in contenders}
-        for _ in range(1 + sets.start_rounds):  # rounds: every contender at every start, interleaved
-            for label, work in contenders.items():
-                for s0 in starts:
+        costs: dict[str, dict[int, list[float]]] = {k: {s: [] for s in starts} for k in names}
+        for r in range(-1, sets.start_rounds):  # round -1: one untimed call per contender
+            for label in names[r % len(names):] + names[:r % len(names)]:
+                for s0 in (starts[len(starts) // 2:][:1] if r < 0 else starts):
                     clip = np.arange(s0, s0 + span, sets.stride, dtype=np.int64)
                     start = time.perf_counter()
-                    timed = work(clip)
+                    timed = contenders[label](clip)
                     elapsed = timed if isinstance(timed, float) else time.perf_counter() - start
-                    costs[label][s0].append(elapsed * 1000)
+                    if r >= 0:
+                        costs[label][s0].append(elapsed * 1000)
     finally:
         torch.set_num_threads(threads)
+        pyav_module.DECODER_THREADS = None
     group = f"{name} ms per clip by start frame (1 thread)"
     for label, by_start in costs.items():
-        medians = {s0: float(np.median(v[1:])) for s0, v in by_start.items()}  # the first round warms up
-        m = Measurement(unit="ms/clip", values=by_start[starts[-1]][1:], items_per_window=1.0)
+        medians = {s0: float(np.median(v)) for s0, v in by_start.items()}
+        m = Measurement(unit="ms/clip", values=by_start[starts[-1]], items_per_window=1.0)
         decoded = {s0: (s0 + span if "whole file" in label
                         else frames_from_keyframe(keyframes[record.path], np.arange(s0, s0 + span, sets.stride)))
                    for s0 in starts}
@@ -875,6 +1072,7 @@ def _cost_by_start(sets, root, records, planner, keyframes, status, results, nam
 def run(suite_name, out_dir: Path, data_dir: Path, only: Optional[set[str]] = None) -> dict[str, Path]:
     """Run a suite (a name of SUITES, or a :class:`Suite`) and write its results under ``out_dir``."""
     suite = suite_name if isinstance(suite_name, Suite) else SUITES[suite_name]
+    _guard_forks()
     env = environment()
     env["date"] = datetime.date.today().isoformat()
     results = Results(suite.name, env)
@@ -885,24 +1083,23 @@ def run(suite_name, out_dir: Path, data_dir: Path, only: Optional[set[str]] = No
         if stage not in stages:
             continue
         log.info("stage: %s", stage)
-        started = time.perf_counter()
-        try:
-            if stage == "loader":
-                stage_loader(suite, roots, results)
-                if suite.kinetics:
-                    stage_kinetics_loaders(suite.kinetics, data_dir, results, parts=("train",))
-            elif stage == "model":
-                bounds = stage_model(suite, results)
-            elif stage == "e2e":
-                stage_e2e(suite, roots, results, bounds)
-            else:
-                stage_multicrop(suite, roots, results)
-                if suite.kinetics:
-                    stage_kinetics_loaders(suite.kinetics, data_dir, results, parts=("test",))
-        except Exception as err:  # a broken stage is reported in the results, the others still run
-            log.error("stage %s failed: %s\n%s", stage, err, traceback.format_exc())
-            results.skip(stage, "all", "all", f"failed: {type(err).__name__}: {err}")
-        log.info("stage %s took %.1f s", stage, time.perf_counter() - started)
+        with _took(f"stage {stage}"):
+            try:
+                if stage == "loader":
+                    stage_loader(suite, roots, results)
+                    if suite.kinetics:
+                        stage_kinetics_loaders(suite.kinetics, data_dir, results, parts=("train",))
+                elif stage == "model":
+                    bounds = stage_model(suite, results)
+                elif stage == "e2e":
+                    stage_e2e(suite, roots, results, bounds)
+                else:
+                    stage_multicrop(suite, roots, results)
+                    if suite.kinetics:
+                        stage_kinetics_loaders(suite.kinetics, data_dir, results, parts=("test",))
+            except Exception as err:  # a broken stage is reported in the results, the others still run
+                log.error("stage %s failed: %s\n%s", stage, err, traceback.format_exc())
+                results.skip(stage, "all", "all", f"failed: {type(err).__name__}: {err}")
         synchronize()
     device = (env.get("gpu") or "cpu").replace(" ", "-")
     stem = f"{suite.name}-{env['date']}-{device}"

@@ -122,4 +122,7 @@ def measure_iterable(
         elapsed = time.perf_counter() - start
         seconds.append(elapsed)
         values.append(items / elapsed)
+    close = getattr(iterator, "close", None)
+    if close is not None:  # stop the loader's workers and prefetching now, not when the garbage is collected
+        close()
     return Measurement(unit=unit, values=values, items_per_window=items, seconds=seconds)

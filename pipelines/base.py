@@ -73,7 +73,7 @@ import logging
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Container, Iterable, Iterator, Optional, Sequence
+from typing import Any, Callable, Container, Iterable, Iterator, Optional, Sequence
 
 import numpy as np
 import torch
@@ -592,23 +592,31 @@ class VideoLoader:
     def path(self, record_index: int) -> Path:
         return self.root / self.records[record_index].path
 
-    def assemble(self, fast: torch.Tensor, plans: Sequence[ClipPlan]) -> tuple:
+    def assemble(self, fast: torch.Tensor, plans: Sequence[ClipPlan], empty: Callable = torch.empty) -> tuple:
         """``(N * V, C, T, H, W)`` clips of ``plans`` -> the contract's ``([slow, fast], labels, video_index)``.
 
         ``fast`` may be any strided view (DALI hands over an NTHWC buffer as a permuted view); with
         ``channels_last`` it stays in ``torch.channels_last_3d`` memory (no copy when it already is).
+        ``empty(shape)`` allocates the tensors made here (the PyAV loader's workers: in shared memory).
         """
         frames = fast.shape[2]
         slow_positions = self.slow_positions if frames == self.settings.num_frames else \
             sampling.slow_indices(frames, self.alpha, self.settings.slow_sampling)  # a multigrid stage
         positions = torch.as_tensor(slow_positions, device=fast.device)
+        n, c, _, h, w = fast.shape
         if self.settings.channels_last:
-            fast = fast.contiguous(memory_format=torch.channels_last_3d)
+            if not fast.is_contiguous(memory_format=torch.channels_last_3d):
+                fast = empty((n, frames, h, w, c), dtype=fast.dtype, device=fast.device).permute(0, 4, 1, 2, 3) \
+                    .copy_(fast)
             # select on the NTHWC view so the slow pathway comes out channels-last too
-            slow = fast.permute(0, 2, 3, 4, 1).index_select(1, positions).permute(0, 4, 1, 2, 3)
+            slow = empty((n, len(positions), h, w, c), dtype=fast.dtype, device=fast.device)
+            torch.index_select(fast.permute(0, 2, 3, 4, 1), 1, positions, out=slow)
+            slow = slow.permute(0, 4, 1, 2, 3)
         else:
-            fast = fast.contiguous()
-            slow = fast.index_select(2, positions)
+            if not fast.is_contiguous():
+                fast = empty(tuple(fast.shape), dtype=fast.dtype, device=fast.device).copy_(fast)
+            slow = empty((n, c, len(positions), h, w), dtype=fast.dtype, device=fast.device)
+            torch.index_select(fast, 2, positions, out=slow)
         labels = torch.tensor([p.label for p in plans], dtype=torch.int64, device=fast.device)
         video_index = torch.tensor([p.video_index for p in plans], dtype=torch.int64, device=fast.device)
         return [slow, fast], labels, video_index

@@ -92,17 +92,25 @@ def test_smoke_suite_runs_and_reports_sane_figures(tmp_path):
             assert row["median"] > 0 and row["min"] > 0 and row["max"] >= row["median"] >= row["min"]
     assert data["environment"]["torch"]
     assert (out / "latest-smoke.md").is_file()
-    # Kinetics geometry (VP9, GOP 16 and 250): the project's CPU loaders and the peers, per core and all cores
-    for gop in (16, 250):
+    # Kinetics geometry (VP9, GOP 16 and 250): the project's CPU loaders and the peers, per core and all cores;
+    # the sweep of clip starts and the 10x3 test path on the GOPs the suite names
+    sets = bench.SUITES["smoke"].kinetics
+    assert set(sets.gops) == {16, 250} and sets.start_gops and sets.test_gops
+    for gop in sets.gops:
         kinetics = [r for r in rows if f"-gop{gop} " in r["group"]]
         ours = [r for r in kinetics if r["variant"] == "this project: PyAV loader" and "train" in r["group"]]
         assert len(ours) == 2 and all(r["median"] and r["extra"]["decoded_frames_per_clip"] > 0 for r in ours)
         peers = [r for r in kinetics if r["variant"] in ("decord get_batch (MMAction2)", "PyAV as PySlowFast",
                                                         "torchcodec")]
         assert all(r["median"] or r["skipped"] for r in peers) and any(r["median"] for r in peers)
-        by_start = [r for r in kinetics if "by start frame" in r["group"]]
-        assert {"this project: PyAV loader", "PyAV as PySlowFast"} <= {r["variant"] for r in by_start}
-        assert any(r["variant"] == "this project: PyAV loader (decode once)" and r["median"] for r in kinetics)
+        for row in ours:  # every contender of a group timed in the same number of windows
+            group = [r for r in kinetics if r["group"] == row["group"] and r["median"]]
+            assert {r["measurement"]["repeats"] for r in group} == {sets.rounds}, group
+        by_start = {r["variant"] for r in kinetics if "by start frame" in r["group"]}
+        assert {"this project: PyAV loader", "PyAV as PySlowFast"} <= by_start if gop in sets.start_gops \
+            else not by_start
+        tested = any(r["variant"] == "this project: PyAV loader (decode once)" and r["median"] for r in kinetics)
+        assert tested == (gop in sets.test_gops)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -254,3 +262,144 @@ class _PeerClip:
 
     def __call__(self, path, _plan):
         return self.fn(path, self.clip, self.params, (0.45,) * 3, (0.225,) * 3)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# the Kinetics windows: warm-up per worker, clock from the mean arrivals, trailing batches abandoned
+
+
+def test_window_batches_are_whole_rounds_over_the_workers():
+    assert bench.window_batches(1, 1) == (1, 1, 0)   # one worker: nothing trailing
+    assert bench.window_batches(2, 1) == (2, 2, 2)   # a batch per worker warm-up, timed, trailing
+    assert bench.window_batches(2, 3) == (2, 4, 2)   # timed rounded up to whole rounds
+    assert bench.window_batches(0, 2) == (1, 2, 0)   # in this process: one lane
+
+
+class _Epoch:
+    """An epoch of numbered batches whose arrival times are scripted (the clock reads them)."""
+
+    def __init__(self, clock, arrivals):
+        self.clock, self.arrivals, self.given, self.closed = clock, list(arrivals), 0, False
+
+    def __iter__(self):
+        try:
+            for i, t in enumerate(self.arrivals):
+                self.clock.now = t
+                self.given = i + 1
+                yield [0] * 2
+        finally:
+            self.closed = True
+
+
+class _Clock:
+    def __init__(self):
+        self.now = 0.0
+
+    def __call__(self):
+        return self.now
+
+
+def test_window_times_each_worker_from_its_warmup_batch(monkeypatch):
+    clock = _Clock()
+    monkeypatch.setattr(bench.time, "perf_counter", clock)
+    # 2 workers: warm-up batches at 1.0 and 3.0 (the second worker started late), timed ones at 4.0 and 5.0,
+    # then a trailing round that must not be waited for
+    epoch = _Epoch(clock, [1.0, 3.0, 4.0, 5.0, 9.0, 9.5])
+    rate, seconds = bench._window(lambda: epoch, len, 2, 2, 2)
+    assert seconds == pytest.approx(2.5)            # mean(4, 5) - mean(1, 3): each worker's own 3 s and 2 s
+    assert rate == pytest.approx(4 / 2.5)           # the timed batches' items only
+    assert epoch.given == 4 and epoch.closed        # the trailing round abandoned, the iterator closed
+    # one worker, nothing trailing: the epoch is run to its end (a DALI loader keeps its pipeline)
+    epoch = _Epoch(clock, [2.0, 2.5, 3.5])
+    rate, seconds = bench._window(lambda: epoch, len, 1, 2, 0)
+    assert seconds == pytest.approx(1.5) and rate == pytest.approx(4 / 1.5) and epoch.given == 3
+
+
+def test_rounds_rotate_the_order_and_report_failures(monkeypatch):
+    order = []
+
+    def window(make_iter, items_of, *batches):
+        order.append(make_iter())
+        if order[-1] == "c":
+            raise RuntimeError("no decoder")
+        return 2.0, 1.0
+
+    monkeypatch.setattr(bench, "_window", window)
+    figures = bench._rounds({"a": lambda: "a", "b": lambda: "b", "c": lambda: "c"}, 3, (1, 1, 0), len, "clips/s")
+    assert order == ["a", "b", "c", "b", "a", "a", "b"]   # rotated: a b c | b (c failed) a | (c) a b
+    assert figures["a"].values == [2.0] * 3 and figures["a"].seconds == [1.0] * 3
+    assert figures["c"] == "failed: RuntimeError: no decoder"
+
+
+def test_forked_children_do_not_finalize_what_they_inherit(tmp_path):
+    """The suite's fork guard: a child's garbage collection leaves the parent's garbage alone (a DALI pipeline
+    finalized in a DataLoader worker hung the suite)."""
+    import gc
+    import os
+
+    bench._guard_forks()
+    marks = tmp_path / "finalized"
+
+    class Cycle:
+        def __del__(self):
+            with open(marks, "a") as f:
+                f.write(f"{os.getpid()}\n")
+
+    gc.disable()
+    try:
+        a, b = Cycle(), Cycle()
+        a.other, b.other = b, a
+        del a, b                         # cyclic garbage, not yet collected
+        pid = os.fork()
+        if pid == 0:                     # the child collects: nothing it inherited may be finalized
+            gc.collect()
+            os._exit(0)
+        os.waitpid(pid, 0)
+    finally:
+        gc.enable()
+    gc.collect()                         # the parent's own collection finalizes them, here
+    pids = marks.read_text().split()
+    assert pids and set(pids) == {str(os.getpid())}
+
+
+def test_decoder_threads_share_the_cores_among_workers(monkeypatch):
+    import pipelines.pyav_loader as pyav_loader
+    import utils.cpus
+
+    monkeypatch.setattr(utils.cpus, "available_cores", lambda: 8)
+    monkeypatch.setattr(utils.cpus, "cores_per_rank", lambda: 8)
+    info = []
+    monkeypatch.setattr(torch.utils.data, "get_worker_info", lambda: info[0] if info else None)
+    assert pyav_loader._decoder_threads() == 0          # the main process: FFmpeg's own choice
+    for workers, threads in ((1, 0), (2, 4), (8, 1), (16, 1)):
+        info[:] = [type("Info", (), {"num_workers": workers})()]
+        assert pyav_loader._decoder_threads() == threads, workers
+    monkeypatch.setattr(utils.cpus, "cores_per_rank", lambda: 2)  # 4 ranks on the node
+    info[:] = [type("Info", (), {"num_workers": 1})()]
+    assert pyav_loader._decoder_threads() == 2
+    monkeypatch.setattr(pyav_loader, "DECODER_THREADS", 1)
+    assert pyav_loader._decoder_threads() == 1
+
+
+def test_cpu_model_rows_decide_the_memory_format(monkeypatch):
+    from benchmarks import model_step
+    from benchmarks.timing import Measurement
+
+    speeds = {"fp32 NCDHW eager": 10.0, "fp32 channels-last": 9.0}
+    seen = []
+
+    def fake_step(model_name, variant, batch, device, **kwargs):
+        seen.append((model_name, variant.name, batch, device.type))
+        return Measurement("clips/s", [speeds[variant.name]] * 3, 1.0)
+
+    monkeypatch.setattr(model_step, "measure_step", fake_step)
+    suite = bench.Suite(**{**bench.SUITES["smoke"].__dict__, "name": "unit", "models": (),
+                           "cpu_models": (("slowfast_r50_4x16", 1),)})
+    results = Results("unit", {})
+    bench.stage_model(suite, results)
+    assert seen == [("slowfast_r50_4x16", "fp32 NCDHW eager", 1, "cpu"),
+                    ("slowfast_r50_4x16", "fp32 channels-last", 1, "cpu")]
+    row = next(r for r in results.rows if r.variant == "fp32 channels-last")
+    assert row.group == "slowfast_r50_4x16 b1 cpu"
+    assert row.extra["memory_format"].startswith("cpu: channels-last is 0.90x NCDHW here -> NCDHW for cpu")
+    assert bench.SUITES["full"].cpu_models and not bench.SUITES["smoke"].cpu_models

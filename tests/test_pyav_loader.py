@@ -10,7 +10,7 @@ import torch
 
 from pipelines import build_loader
 from pipelines.dataset import VideoRecord
-from pipelines.pyav_loader import DecodeError, build_pyav_loader, decode_frames
+from pipelines.pyav_loader import DecodeError, batch_empty, build_pyav_loader, decode_frames
 from pipelines.sampling import SpatialParams
 from pipelines.transforms import apply_spatial, transform_clip
 from pipelines.video_io import frame_number, write_video
@@ -158,10 +158,32 @@ def test_train_epochs_are_deterministic_and_differ(tiny_config):
 
 
 @pytest.mark.slow
-def test_workers_deliver_the_same_batches(tiny_config):
-    reference = [fast for (_, fast), _, _ in build_pyav_loader(tiny_config(), "train", alpha=4)]
-    parallel = build_pyav_loader(tiny_config("data.num_workers=2"), "train", alpha=4)
-    assert all(torch.equal(a, b) for a, b in zip(reference, [fast for (_, fast), _, _ in parallel]))
+@pytest.mark.parametrize("channels_last", [True, False])
+def test_workers_deliver_the_same_batches(tiny_config, channels_last):
+    """Batches built in workers (in shared memory, see batch_empty) equal those built in the main process."""
+    flag = f"model.channels_last={str(channels_last).lower()}"
+    reference = list(build_pyav_loader(tiny_config(flag), "train", alpha=4))
+    parallel = list(build_pyav_loader(tiny_config("data.num_workers=2", flag), "train", alpha=4))
+    assert len(reference) == len(parallel) > 0
+    for ((rs, rf), rl, ri), ((ps, pf), pl, pi) in zip(reference, parallel):
+        assert torch.equal(rf, pf) and torch.equal(rs, ps) and torch.equal(rl, pl) and torch.equal(ri, pi)
+        assert pf.stride() == rf.stride() and ps.stride() == rs.stride()
+
+
+class _Allocates(torch.utils.data.Dataset):
+    def __len__(self):
+        return 2
+
+    def __getitem__(self, index):
+        return batch_empty((2, 3)).is_shared()
+
+
+def test_batch_buffers_are_allocated_in_shared_memory_in_workers():
+    """In a worker the batch is allocated in shared memory (it then crosses without a copy); in the main process
+    it is ordinary memory."""
+    assert not batch_empty((2, 3)).is_shared()
+    in_workers = list(torch.utils.data.DataLoader(_Allocates(), batch_size=None, num_workers=1))
+    assert in_workers == [True, True]
 
 
 def test_val_shards_cover_every_video_once_with_padding(tiny_config):
