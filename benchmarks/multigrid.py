@@ -46,7 +46,7 @@ def train_once(config: str, output_dir: Path, overrides: Sequence[str]) -> dict:
     summary = run_training(cfg, validate=True, progress=False)
     seconds = time.perf_counter() - start
     last = summary["last_val"] or {}
-    return {"config": config, "epochs": summary["epochs"], "optimizer_steps": summary["iteration"],
+    return {"config": str(Path(config).relative_to(REPO)), "epochs": summary["epochs"], "optimizer_steps": summary["iteration"],
             "train_seconds": round(seconds, 1), "train_clips_per_s": round(summary["clips_per_s"] or 0.0, 1),
             "best_val_top1": summary["best_top1"], "best_epoch": summary["best_epoch"],
             "final_val_top1": last.get("top1"), "stages": grid.describe() if grid is not None else []}

@@ -76,9 +76,10 @@ def render(readme: str, results: Path = RESULTS) -> str:
         source = results / filename
         if not source.is_file():
             continue
-        pattern = re.compile(rf"(<!-- generated:{name} -->\n)(.*?)(\n<!-- /generated:{name} -->)", re.S)
+        # the body may be empty (a block not generated yet)
+        pattern = re.compile(rf"(<!-- generated:{name} -->\n)(.*?\n)?(<!-- /generated:{name} -->)", re.S)
         body = make(source.read_text(encoding="utf-8"))
-        readme = pattern.sub(lambda m: m.group(1) + body + m.group(3), readme)
+        readme = pattern.sub(lambda m: m.group(1) + body + "\n" + m.group(3), readme)
     return readme
 
 
