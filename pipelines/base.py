@@ -17,6 +17,10 @@ What a loader yields, per batch, ``([slow, fast], labels, video_index)``:
   clip-major (row ``n * V + clip * num_crops + crop``): ``fast`` is (N * V, C, T, H, W); ``labels`` and
   ``video_index`` are (N,).
 
+Multigrid (``train.multigrid``, training only): batch sizes, frames and crops follow
+:mod:`pipelines.multigrid` per epoch and optimizer step (``epoch_batches`` holds each step's micro-batches in
+order, ``len()`` counts them); ``full_shape()`` returns to ``data.batch_size`` clips at the full shape.
+
 Epochs and shards: ``set_epoch(e)`` selects the epoch the next iteration delivers. Rank ``r`` of ``w`` gets
 :func:`pipelines.sampling.shard_indices`: training a disjoint shard of a seeded per-epoch permutation cut
 to ``num_videos // w`` (full batches only, ``len() = shard // batch``); evaluation every video exactly once
@@ -79,8 +83,8 @@ import numpy as np
 import torch
 
 from pipelines import SPLITS, sampling
-from pipelines.multigrid import Multigrid, StepShape
 from pipelines.dataset import DatasetError, VideoRecord
+from pipelines.multigrid import Multigrid, StepShape
 from pipelines.probe import ProbeError, probe_video, regular_file_error
 from utils.cpus import worker_count
 from utils.errors import UserError

@@ -104,6 +104,7 @@ class Multigrid:
         self.short_factors = [float(f) for f in short_cycle_factors]
         self.long_factors = [(float(t), float(s)) for t, s in long_cycle_factors]
         self.base_epochs = int(epochs)
+        self._costs: dict[tuple[int, int], int] = {}
         steps = [int(s) for s in lr_steps] if lr_policy == "steps" else [0, int(epochs)]
         if long_cycle:
             self.stages = self._long_cycle_stages(steps)
@@ -234,7 +235,10 @@ class Multigrid:
     def epoch_cost(self, shard_size: int, epoch: int) -> int:
         """The pixels an epoch decodes and computes on one rank (clips x frames x crop^2 over its steps): what an
         epoch costs relative to another (the ETA's unit)."""
-        return sum(s.clips * s.num_frames * s.crop ** 2 for s in self.layout(shard_size, epoch))
+        key = (int(shard_size), int(epoch))
+        if key not in self._costs:  # the ETA asks for every later epoch at every log line
+            self._costs[key] = sum(s.clips * s.num_frames * s.crop ** 2 for s in self.layout(shard_size, epoch))
+        return self._costs[key]
 
     def describe(self) -> list[str]:
         """One line per stage, for the training log."""
